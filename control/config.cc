@@ -1,0 +1,230 @@
+// Daemon configuration: a table-driven flag parser, so --help and parsing never disagree.
+#include "control/config.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
+#include <functional>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "dataplane/host_name.h"
+
+namespace cvmgate {
+namespace {
+
+struct Flag {
+  const char* name;
+  const char* arg;  // nullptr: a boolean flag without value
+  const char* default_text;
+  const char* help;
+  std::function<absl::Status(Config&, const std::string&)> set;
+};
+
+absl::Status Bad(const char* flag, const std::string& value, const std::string& want) {
+  return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", want));
+}
+
+auto DurationFlag(const char* name, absl::Duration Config::*field) {
+  return [name, field](Config& c, const std::string& v) {
+    absl::Duration d;
+    if (!absl::ParseDuration(v, &d) || d <= absl::ZeroDuration()) {
+      return Bad(name, v, "expected a positive duration such as 500ms, 5s or 10m");
+    }
+    c.*field = d;
+    return absl::OkStatus();
+  };
+}
+
+template <typename T>
+auto IntFlag(const char* name, T Config::*field, int64_t min, int64_t max) {
+  return [=](Config& c, const std::string& v) {
+    int64_t n;
+    if (!absl::SimpleAtoi(v, &n) || n < min || n > max) {
+      return Bad(name, v, absl::StrCat("expected a whole number from ", min, " to ", max));
+    }
+    c.*field = static_cast<T>(n);
+    return absl::OkStatus();
+  };
+}
+
+const std::vector<Flag>& Flags() {
+  static const std::vector<Flag> flags = {
+      {"listen", "ADDR:PORT", "0.0.0.0:443",
+       "address to accept TLS on; repeat for several (IPv6 as [::]:443)",
+       [](Config& c, const std::string& v) {
+         auto a = ParseListenAddress(v);
+         if (!a.ok()) return a.status();
+         c.listen.push_back(*a);
+         return absl::OkStatus();
+       }},
+      {"base-domain", "DOMAIN", "(required)",
+       "domain whose names <id>[-<port>][s|g].DOMAIN are routed; repeat for several",
+       [](Config& c, const std::string& v) {
+         auto d = NormalizeBaseDomain(v);
+         if (!d.ok()) return d.status();
+         c.base_domains.push_back(*d);
+         return absl::OkStatus();
+       }},
+      {"state", "FILE", "/var/lib/cvmgate/state.json",
+       "route state (apps and instances, JSON); reloaded on SIGHUP",
+       [](Config& c, const std::string& v) {
+         c.state_file = v;
+         return absl::OkStatus();
+       }},
+      {"workers", "N", "online CPUs", "data-plane threads, each with its own io_uring and listeners",
+       IntFlag("workers", &Config::workers, 1, 1024)},
+      {"hello-timeout", "DURATION", "5s", "time a client has to send its whole ClientHello",
+       DurationFlag("hello-timeout", &Config::hello_timeout)},
+      {"hello-max-bytes", "BYTES", "65536", "largest ClientHello accepted, in wire bytes",
+       IntFlag("hello-max-bytes", &Config::hello_max_bytes, 512, 1 << 20)},
+      {"connect-timeout", "DURATION", "5s", "time to connect to one instance",
+       DurationFlag("connect-timeout", &Config::connect_timeout)},
+      {"connect-tries", "N", "3", "instances tried before a connection is given up",
+       IntFlag("connect-tries", &Config::connect_tries, 1, 16)},
+      {"idle-timeout", "DURATION", "10m", "a relay with no bytes either way for this long is closed",
+       DurationFlag("idle-timeout", &Config::idle_timeout)},
+      {"drain-timeout", "DURATION", "30s", "on SIGTERM, how long live relays may finish",
+       DurationFlag("drain-timeout", &Config::drain_timeout)},
+      {"splice-mode", "inline|uring|copy", "inline",
+       "relay engine: splice inline after an io_uring poll, IORING_OP_SPLICE, or a userspace copy",
+       [](Config& c, const std::string& v) {
+         if (v == "inline") c.splice_mode = SpliceMode::kInline;
+         else if (v == "uring") c.splice_mode = SpliceMode::kUring;
+         else if (v == "copy") c.splice_mode = SpliceMode::kCopy;
+         else return Bad("splice-mode", v, "expected inline, uring or copy");
+         return absl::OkStatus();
+       }},
+      {"max-connections", "N", "from the fd limit",
+       "connections held at once (each relay takes 2 descriptors); past it new ones are refused",
+       IntFlag("max-connections", &Config::max_connections, 1, 1 << 24)},
+      {"backlog", "N", "4096", "listen backlog of each listening socket",
+       IntFlag("backlog", &Config::backlog, 1, 1 << 20)},
+      {"help", nullptr, "", "print this help and exit",
+       [](Config& c, const std::string&) {
+         c.help = true;
+         return absl::OkStatus();
+       }},
+      {"version", nullptr, "", "print the version and exit",
+       [](Config& c, const std::string&) {
+         c.version = true;
+         return absl::OkStatus();
+       }},
+  };
+  return flags;
+}
+
+}  // namespace
+
+std::string_view SpliceModeName(SpliceMode mode) {
+  switch (mode) {
+    case SpliceMode::kInline: return "inline";
+    case SpliceMode::kUring: return "uring";
+    case SpliceMode::kCopy: return "copy";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text) {
+  ListenAddress out;
+  out.text = text;
+  std::string host;
+  std::string port_text;
+  if (!text.empty() && text[0] == '[') {
+    size_t close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return Bad("listen", text, "expected [IPv6]:PORT");
+    }
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string::npos) return Bad("listen", text, "expected ADDR:PORT");
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+    if (host.empty()) host = "0.0.0.0";
+  }
+  uint32_t port;
+  if (!absl::SimpleAtoi(port_text, &port) || port > 65535) {
+    return Bad("listen", text, "the port must be 0-65535");
+  }
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&out.addr);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.addr);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    out.addr_len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    out.addr_len = sizeof(sockaddr_in6);
+  } else {
+    return Bad("listen", text, "the address must be an IPv4 or IPv6 literal");
+  }
+  return out;
+}
+
+absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
+  Config c;
+  bool listen_given = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "' (see --help)"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+      has_value = true;
+    }
+    const Flag* flag = nullptr;
+    for (const Flag& f : Flags()) {
+      if (name == f.name) flag = &f;
+    }
+    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " (see --help)"));
+    if (flag->arg == nullptr) {
+      if (has_value) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+    } else if (!has_value) {
+      if (i + 1 >= args.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value: ", flag->arg));
+      }
+      value = args[++i];
+    }
+    if (name == "listen") listen_given = true;
+    if (auto s = flag->set(c, value); !s.ok()) return s;
+  }
+  if (c.help || c.version) return c;
+  if (!listen_given) {
+    auto a = ParseListenAddress("0.0.0.0:443");
+    c.listen.push_back(*a);
+  }
+  if (c.base_domains.empty()) {
+    return absl::InvalidArgumentError("at least one --base-domain is required (see --help)");
+  }
+  return c;
+}
+
+std::string Usage() {
+  std::string out =
+      "usage: cvmgate --base-domain DOMAIN [flags]\n\n"
+      "Ingress gateway for confidential VMs: routes TLS connections on their SNI,\n"
+      "<id>[-<port>][s|g].<base-domain>, to the instances of the app <id>.\n\n"
+      "flags:\n";
+  for (const Flag& f : Flags()) {
+    std::string left = absl::StrCat("  --", f.name, f.arg ? absl::StrCat(" ", f.arg) : "");
+    absl::StrAppendFormat(&out, "%-40s %s", left, f.help);
+    if (*f.default_text) absl::StrAppend(&out, " (default: ", f.default_text, ")");
+    out += "\n";
+  }
+  out +=
+      "\nsignals: SIGHUP reloads --state; SIGUSR1 prints the counters; SIGTERM/SIGINT stop\n"
+      "accepting and drain live relays for up to --drain-timeout, then exit.\n";
+  return out;
+}
+
+}  // namespace cvmgate

@@ -1,0 +1,54 @@
+// Daemon configuration: the command-line flags of `cvmgate`, with their defaults.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace cvmgate {
+
+enum class SpliceMode : uint8_t {
+  kInline,  // wait for readiness with io_uring poll, then splice(SPLICE_F_NONBLOCK) inline
+  kUring,   // wait for readiness with io_uring poll, then IORING_OP_SPLICE
+  kCopy,    // recv/send through a userspace buffer (no splice)
+};
+
+struct ListenAddress {
+  std::string text;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+};
+
+struct Config {
+  std::vector<ListenAddress> listen;
+  std::vector<std::string> base_domains;
+  std::string state_file = "/var/lib/cvmgate/state.json";
+  int workers = 0;  // 0: one per online CPU
+  absl::Duration hello_timeout = absl::Seconds(5);
+  uint32_t hello_max_bytes = 65536;
+  absl::Duration connect_timeout = absl::Seconds(5);
+  int connect_tries = 3;
+  absl::Duration idle_timeout = absl::Minutes(10);
+  absl::Duration drain_timeout = absl::Seconds(30);
+  SpliceMode splice_mode = SpliceMode::kInline;
+  uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit
+  int backlog = 4096;
+  bool help = false;
+  bool version = false;
+};
+
+// Parses argv (without argv[0]). Errors name the flag and say what it takes.
+absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args);
+
+// The --help text: every flag with its default.
+std::string Usage();
+
+absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text);
+std::string_view SpliceModeName(SpliceMode mode);
+
+}  // namespace cvmgate

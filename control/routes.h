@@ -1,0 +1,82 @@
+// Route snapshot: the immutable app/instance table the workers route from.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/random/random.h"
+#include "absl/status/statusor.h"
+
+namespace cvmgate {
+
+struct Instance {
+  std::string id;
+  std::string app;
+  std::string address;  // as written in the state file
+  sockaddr_storage addr{};  // port left 0: the port comes from the host name
+  socklen_t addr_len = 0;
+};
+
+// Built once, never changed after publication; workers read it without locks.
+class RouteSnapshot {
+ public:
+  // The state file format (version 1):
+  //   {"version": 1, "apps": {"<app>": {"instances": [{"id": "<id>", "address": "<ip>"}]}}}
+  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> FromJson(std::string_view text);
+  // A missing file is an empty table (nothing registered yet); an unreadable or
+  // invalid one is an error that names the file.
+  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> FromFile(const std::string& path);
+
+  // `id` is tried as an instance id first (pinning that instance), then as an app id.
+  // Returns the candidate instances (indexes into instances()); empty if unknown.
+  std::span<const uint32_t> Candidates(std::string_view id) const;
+
+  const std::vector<Instance>& instances() const { return instances_; }
+  size_t app_count() const { return apps_.size(); }
+
+ private:
+  std::vector<Instance> instances_;
+  absl::flat_hash_map<std::string, std::vector<uint32_t>> apps_;
+  absl::flat_hash_map<std::string, uint32_t> by_instance_id_;
+  // Candidates() hands out a one-element span for a pinned instance.
+  std::vector<uint32_t> self_index_;
+};
+
+// Uniform choice among `candidates`, skipping those whose index is in `tried`.
+// Returns -1 when every candidate has been tried.
+template <typename Gen>
+int64_t PickInstance(std::span<const uint32_t> candidates, std::span<const uint32_t> tried, Gen& gen) {
+  uint32_t untried[64];
+  size_t n = 0;
+  // Small apps take the fast path; large ones retry random draws (tried has at most a few entries).
+  auto is_tried = [&](uint32_t c) {
+    for (uint32_t t : tried) {
+      if (t == c) return true;
+    }
+    return false;
+  };
+  if (candidates.size() <= 64) {
+    for (uint32_t c : candidates) {
+      if (!is_tried(c)) untried[n++] = c;
+    }
+    if (n == 0) return -1;
+    return untried[absl::Uniform<size_t>(gen, 0, n)];
+  }
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    uint32_t c = candidates[absl::Uniform<size_t>(gen, 0, candidates.size())];
+    if (!is_tried(c)) return c;
+  }
+  for (uint32_t c : candidates) {
+    if (!is_tried(c)) return c;
+  }
+  return -1;
+}
+
+}  // namespace cvmgate

@@ -1,0 +1,78 @@
+// Data-plane counters: one list, per-worker storage written by its worker only, summed on read.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+
+namespace cvmgate {
+
+// Every drop, fallback and error has a name here; the order is the print order.
+#define CVMGATE_WORKER_COUNTERS(X)                                                        \
+  X(accepted, "connections accepted")                                                     \
+  X(accept_errors, "accept completions that failed (e.g. EMFILE)")                        \
+  X(routed_passthrough, "connections relayed in passthrough mode")                        \
+  X(closed_overload, "connections refused: --max-connections reached")                    \
+  X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \
+  X(closed_hello_peer_closed, "the client closed or reset before its ClientHello ended")   \
+  X(closed_not_tls, "the first bytes are not a TLS handshake record")                     \
+  X(closed_sslv2, "an SSLv2 ClientHello")                                                 \
+  X(closed_hello_malformed, "a ClientHello with lengths or fields that do not add up")    \
+  X(closed_not_client_hello, "a handshake record that is not a ClientHello")              \
+  X(closed_no_sni, "a ClientHello without a server name")                                 \
+  X(closed_hello_too_large, "a ClientHello over --hello-max-bytes")                       \
+  X(closed_bad_name, "a server name outside the host-name grammar")                       \
+  X(closed_bad_port, "a port suffix outside 1-65535")                                     \
+  X(closed_unknown_domain, "a server name under no --base-domain")                        \
+  X(closed_unknown_app, "no app or instance with that id")                                \
+  X(closed_terminate_unsupported, "default or g (TLS-terminating) names: not served yet") \
+  X(connect_attempts, "connects started toward instances")                                \
+  X(connect_failed, "connects that failed (each try counts)")                             \
+  X(connect_timeout, "connects that hit --connect-timeout (each try counts)")             \
+  X(closed_connect_failed, "connections closed after every try to connect failed")        \
+  X(closed_idle_timeout, "relays closed after --idle-timeout without traffic")            \
+  X(closed_relay_error, "relays closed on a socket error (reset, broken pipe)")           \
+  X(closed_drain_timeout, "relays cut when --drain-timeout ran out")                      \
+  X(relay_done, "relays that ended normally (both directions finished)")                  \
+  X(relay_splice, "relays that moved their bytes with splice")                            \
+  X(relay_copy, "relays that moved their bytes through a userspace buffer")               \
+  X(splice_fallback_copy, "relay directions switched to copy because splice was refused") \
+  X(pipe_create_failed, "pipes that could not be created (direction fell back to copy)")  \
+  X(bytes_client_to_backend, "bytes relayed from clients to instances")                   \
+  X(bytes_backend_to_client, "bytes relayed from instances to clients")
+
+enum class Counter : uint16_t {
+#define CVMGATE_COUNTER_ENUM(name, help) name,
+  CVMGATE_WORKER_COUNTERS(CVMGATE_COUNTER_ENUM)
+#undef CVMGATE_COUNTER_ENUM
+      kCount
+};
+
+inline constexpr size_t kCounterCount = static_cast<size_t>(Counter::kCount);
+
+struct CounterInfo {
+  std::string_view name;
+  std::string_view help;
+};
+
+inline constexpr std::array<CounterInfo, kCounterCount> kCounterInfo = {{
+#define CVMGATE_COUNTER_INFO(name, help) {#name, help},
+    CVMGATE_WORKER_COUNTERS(CVMGATE_COUNTER_INFO)
+#undef CVMGATE_COUNTER_INFO
+}};
+
+// Written by one worker (plain load+store, no locked instruction); any thread may read.
+class WorkerCounters {
+ public:
+  void Add(Counter c, uint64_t n = 1) {
+    auto& v = values_[static_cast<size_t>(c)];
+    v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  uint64_t Get(Counter c) const { return values_[static_cast<size_t>(c)].load(std::memory_order_relaxed); }
+
+ private:
+  std::array<std::atomic<uint64_t>, kCounterCount> values_{};
+};
+
+}  // namespace cvmgate

@@ -1,0 +1,93 @@
+// Per-worker pools of pipes and copy buffers, so an idle relay holds neither.
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace cvmgate {
+
+struct Pipe {
+  int r = -1;
+  int w = -1;
+  bool valid() const { return r >= 0; }
+};
+
+// A relay direction takes a pipe when bytes arrive and gives it back, empty, as
+// soon as it waits for more; so a worker needs about as many pipes as it has
+// directions moving at the same moment, not one per connection.
+class PipePool {
+ public:
+  explicit PipePool(size_t max_idle) : max_idle_(max_idle) {}
+  ~PipePool() {
+    for (Pipe& p : idle_) Close(p);
+  }
+  PipePool(const PipePool&) = delete;
+  PipePool& operator=(const PipePool&) = delete;
+
+  // False when no pipe can be made (e.g. EMFILE); the caller falls back to copying.
+  bool Get(Pipe& out) {
+    if (!idle_.empty()) {
+      out = idle_.back();
+      idle_.pop_back();
+      return true;
+    }
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+    out = {fds[0], fds[1]};
+    ++created_;
+    return true;
+  }
+  // `p` must be empty: what a pipe still holds would leak into another relay.
+  void PutEmpty(Pipe& p) {
+    if (!p.valid()) return;
+    if (idle_.size() < max_idle_) {
+      idle_.push_back(p);
+    } else {
+      Close(p);
+    }
+    p = {};
+  }
+  // For a pipe that may still hold bytes (a relay that was cut).
+  void Discard(Pipe& p) {
+    if (p.valid()) Close(p);
+    p = {};
+  }
+  size_t idle() const { return idle_.size(); }
+  uint64_t created() const { return created_; }
+
+ private:
+  static void Close(Pipe& p) {
+    close(p.r);
+    close(p.w);
+  }
+  size_t max_idle_;
+  std::vector<Pipe> idle_;
+  uint64_t created_ = 0;
+};
+
+// Copy buffers for relay directions that cannot splice.
+class BufferPool {
+ public:
+  static constexpr uint32_t kSize = 64 * 1024;
+  explicit BufferPool(size_t max_idle) : max_idle_(max_idle) {}
+  std::unique_ptr<uint8_t[]> Get() {
+    if (idle_.empty()) return std::make_unique_for_overwrite<uint8_t[]>(kSize);
+    auto b = std::move(idle_.back());
+    idle_.pop_back();
+    return b;
+  }
+  void Put(std::unique_ptr<uint8_t[]>& b) {
+    if (b && idle_.size() < max_idle_) idle_.push_back(std::move(b));
+    b.reset();
+  }
+
+ private:
+  size_t max_idle_;
+  std::vector<std::unique_ptr<uint8_t[]>> idle_;
+};
+
+}  // namespace cvmgate

@@ -1,0 +1,772 @@
+// Data-plane worker: the io_uring reactor and the per-connection state machine
+// (accept -> peek ClientHello -> route -> connect -> splice relay).
+#include "dataplane/worker.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/hash/hash.h"
+#include "dataplane/client_hello.h"
+#include "dataplane/host_name.h"
+#include "dataplane/log.h"
+
+namespace cvmgate {
+namespace {
+
+constexpr uint32_t kRingEntries = 4096;
+constexpr uint32_t kHelloInitialPeek = 1024;  // most hellos fit; larger ones grow one record at a time
+constexpr size_t kPipeChunk = 64 * 1024;      // the default pipe capacity
+constexpr size_t kPumpBudget = 512 * 1024;    // bytes one direction moves before yielding to others
+constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+constexpr int64_t kMaxWaitMs = 1000;
+constexpr int64_t kAcceptRetryMs = 100;
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t ToMs(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
+
+std::string SockaddrText(const sockaddr_storage& ss) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    port = ntohs(a->sin_port);
+    return absl::StrCat(host, ":", port);
+  }
+  auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+  inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+  port = ntohs(a->sin6_port);
+  return absl::StrCat("[", host, "]:", port);
+}
+
+Counter HelloCounter(HelloStatus s) {
+  switch (s) {
+    case HelloStatus::kNotTls: return Counter::closed_not_tls;
+    case HelloStatus::kSslV2: return Counter::closed_sslv2;
+    case HelloStatus::kNotClientHello: return Counter::closed_not_client_hello;
+    case HelloStatus::kNoSni: return Counter::closed_no_sni;
+    case HelloStatus::kTooLarge: return Counter::closed_hello_too_large;
+    default: return Counter::closed_hello_malformed;
+  }
+}
+
+Counter NameCounter(NameStatus s) {
+  switch (s) {
+    case NameStatus::kUnknownDomain: return Counter::closed_unknown_domain;
+    case NameStatus::kBadPort: return Counter::closed_bad_port;
+    default: return Counter::closed_bad_name;
+  }
+}
+
+}  // namespace
+
+Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections)
+    : index_(index),
+      config_(config),
+      reader_(reader),
+      max_connections_(max_connections),
+      conns_(new Conn[max_connections]),
+      pipes_(64),
+      buffers_(16) {
+  for (uint32_t i = 0; i < max_connections_; ++i) conns_[i].next_free = i + 1;
+}
+
+Worker::~Worker() {
+  for (uint32_t i = 0; i < max_connections_; ++i) {
+    Conn& c = conns_[i];
+    if (c.cfd >= 0) close(c.cfd);
+    if (c.bfd >= 0) close(c.bfd);
+    for (auto& d : c.dir) pipes_.Discard(d.pipe);
+  }
+  for (int fd : listeners_) {
+    if (fd >= 0) close(fd);
+  }
+  if (wake_fd_ >= 0) close(wake_fd_);
+  if (ring_ready_) io_uring_queue_exit(&ring_);
+}
+
+absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE;
+  params.cq_entries = kRingEntries * 4;
+  int ret = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+  if (ret < 0) {
+    return absl::InternalError(absl::StrCat("io_uring_queue_init: ", std::strerror(-ret),
+                                            " (cvmgate needs io_uring: Linux 6.1 or newer)"));
+  }
+  ring_ready_ = true;
+  // IORING_OP_SPLICE always runs in io-wq threads; they only ever run
+  // non-blocking splices here, so a few per ring are enough.
+  unsigned iowq_max[2] = {2, 4};
+  io_uring_register_iowq_max_workers(&ring_, iowq_max);
+
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
+
+  for (ListenAddress& la : addresses) {
+    int fd = socket(la.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return absl::InternalError(absl::StrCat("socket for ", la.text, ": ", std::strerror(errno)));
+    listeners_.push_back(fd);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    // Accepted sockets inherit TCP_NODELAY: relayed small writes are not delayed.
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (la.addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, reinterpret_cast<sockaddr*>(&la.addr), la.addr_len) != 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text, ": bind: ", std::strerror(errno)));
+    }
+    if (::listen(fd, config_.backlog) != 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text, ": ", std::strerror(errno)));
+    }
+    socklen_t len = sizeof(la.addr);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&la.addr), &len);
+    la.text = SockaddrText(la.addr);
+  }
+  accept_armed_.assign(listeners_.size(), false);
+  return absl::OkStatus();
+}
+
+void Worker::Stop() {
+  stop_requested_.store(true);
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof(one));
+}
+
+io_uring_sqe* Worker::Sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  while (sqe == nullptr) {
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Worker::Submit(Conn& c, Op op, io_uring_sqe* sqe) {
+  io_uring_sqe_set_data64(sqe, UserData(op, SlotOf(c), c.gen));
+  ++c.inflight;
+}
+
+void Worker::ArmAccept(size_t i) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_multishot_accept(sqe, listeners_[i], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, UserData(kOpAccept, static_cast<uint32_t>(i), 0));
+  accept_armed_[i] = true;
+}
+
+void Worker::ArmWake() {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_read(sqe, wake_fd_, &wake_value_, sizeof(wake_value_), 0);
+  io_uring_sqe_set_data64(sqe, UserData(kOpWake, 0, 0));
+}
+
+void Worker::Run() {
+  now_ms_ = NowMs();
+  for (size_t i = 0; i < listeners_.size(); ++i) ArmAccept(i);
+  ArmWake();
+  for (;;) {
+    int64_t wait_ms = WaitMs();
+    __kernel_timespec ts{wait_ms / 1000, (wait_ms % 1000) * 1000000};
+    io_uring_cqe* cqe = nullptr;
+    reader_.Leave();
+    if (wait_ms == 0) {
+      io_uring_submit(&ring_);
+    } else {
+      io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    }
+    snap_ = reader_.Enter();
+    now_ms_ = NowMs();
+    unsigned head;
+    unsigned seen = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      Handle(cqe);
+      ++seen;
+    }
+    io_uring_cq_advance(&ring_, seen);
+    RunQueued();
+    RunTimers();
+    if (accept_paused_ && !draining_ && now_ms_ >= accept_retry_ms_) {
+      accept_paused_ = false;
+      for (size_t i = 0; i < listeners_.size(); ++i) {
+        if (!accept_armed_[i]) ArmAccept(i);
+      }
+    }
+    if (draining_) {
+      if (!drain_cut_ && now_ms_ >= drain_deadline_ms_) {
+        drain_cut_ = true;
+        for (uint32_t i = 0; i < max_connections_; ++i) {
+          if (conns_[i].phase != Phase::kFree) Abort(conns_[i], Counter::closed_drain_timeout);
+        }
+      }
+      bool accepting = false;
+      for (bool armed : accept_armed_) accepting = accepting || armed;
+      if (live_.load(std::memory_order_relaxed) == 0 && !accepting) break;
+    }
+  }
+  reader_.Leave();
+  snap_ = nullptr;
+}
+
+int64_t Worker::WaitMs() const {
+  if (!runq_.empty()) return 0;
+  int64_t wait = kMaxWaitMs;
+  if (!timers_.empty()) wait = std::min(wait, timers_.top().when_ms - now_ms_);
+  if (draining_ && !drain_cut_) wait = std::min(wait, drain_deadline_ms_ - now_ms_);
+  if (accept_paused_) wait = std::min(wait, accept_retry_ms_ - now_ms_);
+  return std::max<int64_t>(wait, 1);  // never 0 here: 0 means "do not block"
+}
+
+void Worker::Handle(io_uring_cqe* cqe) {
+  uint64_t data = io_uring_cqe_get_data64(cqe);
+  Op op = static_cast<Op>(data >> 56);
+  uint32_t slot = static_cast<uint32_t>(data >> 32) & 0xffffff;
+  uint32_t gen = static_cast<uint32_t>(data);
+  int res = cqe->res;
+  switch (op) {
+    case kOpAccept: OnAccept(slot, res, cqe->flags & IORING_CQE_F_MORE); return;
+    case kOpWake: OnWake(); return;
+    case kOpIgnore: return;
+    default: break;
+  }
+  Conn& c = conns_[slot];
+  if (c.gen != gen || c.inflight == 0) {
+    // Cannot happen: a slot is freed only with nothing in flight. Loud, not silent.
+    Log("worker ", index_, ": completion for a stale slot (op ", int{op}, ")");
+    return;
+  }
+  --c.inflight;
+  if (c.phase == Phase::kClosing) {
+    MaybeFree(c);
+    return;
+  }
+  switch (op) {
+    case kOpPeek: OnPeek(c, res); break;
+    case kOpHelloPoll: OnHelloPoll(c, res); break;
+    case kOpConnect: OnConnect(c, res); break;
+    case kOpRelayPoll0:
+    case kOpRelayPoll1: OnRelayPoll(c, op - kOpRelayPoll0, res); break;
+    case kOpSpliceIn0:
+    case kOpSpliceIn1: OnSpliceIn(c, op - kOpSpliceIn0, res); break;
+    case kOpSpliceOut0:
+    case kOpSpliceOut1: OnSpliceOut(c, op - kOpSpliceOut0, res); break;
+    default: break;
+  }
+}
+
+void Worker::OnWake() {
+  if (stop_requested_.load() && !draining_) BeginDrain();
+  if (!draining_) ArmWake();
+}
+
+void Worker::BeginDrain() {
+  draining_ = true;
+  drain_deadline_ms_ = now_ms_ + ToMs(config_.drain_timeout);
+  // A listener is closed once its multishot accept has ended (OnAccept): the
+  // cancel resolves the descriptor when it is submitted.
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    if (accept_armed_[i]) {
+      io_uring_sqe* sqe = Sqe();
+      io_uring_prep_cancel_fd(sqe, listeners_[i], IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, UserData(kOpIgnore, 0, 0));
+    } else if (listeners_[i] >= 0) {
+      close(listeners_[i]);
+      listeners_[i] = -1;
+    }
+  }
+}
+
+void Worker::OnAccept(size_t listener, int res, bool more) {
+  if (!more) accept_armed_[listener] = false;
+  if (res < 0) {
+    if (res != -ECANCELED) counters_.Add(Counter::accept_errors);
+    if (draining_) {
+      if (!more && listeners_[listener] >= 0) {
+        close(listeners_[listener]);
+        listeners_[listener] = -1;
+      }
+      return;
+    }
+    if (!more) {
+      if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM) {
+        // Out of descriptors or memory: back off instead of spinning on the error.
+        accept_paused_ = true;
+        accept_retry_ms_ = now_ms_ + kAcceptRetryMs;
+      } else {
+        ArmAccept(listener);
+      }
+    }
+    return;
+  }
+  int fd = res;
+  if (!more && !draining_) ArmAccept(listener);
+  counters_.Add(Counter::accepted);
+  if (free_head_ >= max_connections_) {
+    counters_.Add(Counter::closed_overload);
+    close(fd);
+    return;
+  }
+  Conn& c = conns_[free_head_];
+  free_head_ = c.next_free;
+  live_.fetch_add(1, std::memory_order_relaxed);
+  c.phase = Phase::kHello;
+  c.cfd = fd;
+  c.hello_cap = std::min<uint32_t>(kHelloInitialPeek, config_.hello_max_bytes);
+  c.hello = std::make_unique_for_overwrite<uint8_t[]>(c.hello_cap);
+  SetDeadline(c, now_ms_ + ToMs(config_.hello_timeout));
+  SubmitPeek(c);
+}
+
+// --- ClientHello -----------------------------------------------------------
+
+void Worker::SubmitPeek(Conn& c) {
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_recv(sqe, c.cfd, c.hello.get(), c.hello_cap, MSG_PEEK);
+  Submit(c, kOpPeek, sqe);
+}
+
+void Worker::OnPeek(Conn& c, int res) {
+  if (res <= 0) {
+    Abort(c, Counter::closed_hello_peer_closed);
+    return;
+  }
+  HelloResult hello =
+      ParseClientHello(std::span<const uint8_t>(c.hello.get(), static_cast<size_t>(res)), config_.hello_max_bytes);
+  if (hello.status == HelloStatus::kOk) {
+    OnHelloDone(c, hello.sni);
+    return;
+  }
+  if (hello.status != HelloStatus::kNeedMore) {
+    Abort(c, HelloCounter(hello.status));
+    return;
+  }
+  if (hello.need > c.hello_cap) {
+    bool was_full = static_cast<uint32_t>(res) == c.hello_cap;
+    c.hello_cap = static_cast<uint32_t>(hello.need);
+    c.hello = std::make_unique_for_overwrite<uint8_t[]>(c.hello_cap);
+    if (was_full) {
+      // More bytes may already be queued than the old buffer could show.
+      SubmitPeek(c);
+      return;
+    }
+  }
+  if (c.rdhup) {
+    Abort(c, Counter::closed_hello_peer_closed);
+    return;
+  }
+  // A peek leaves the bytes queued, so a plain readiness poll would fire at
+  // once and spin. SO_RCVLOWAT makes the socket readable only when `need`
+  // bytes are there (or the peer closed).
+  int need = static_cast<int>(hello.need);
+  setsockopt(c.cfd, SOL_SOCKET, SO_RCVLOWAT, &need, sizeof(need));
+  c.lowat_set = true;
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_poll_add(sqe, c.cfd, POLLIN | POLLRDHUP);
+  Submit(c, kOpHelloPoll, sqe);
+}
+
+void Worker::OnHelloPoll(Conn& c, int res) {
+  if (res < 0) {
+    Abort(c, Counter::closed_hello_peer_closed);
+    return;
+  }
+  if (res & (POLLRDHUP | POLLHUP | POLLERR)) c.rdhup = true;
+  SubmitPeek(c);
+}
+
+void Worker::OnHelloDone(Conn& c, std::string_view sni) {
+  if (c.lowat_set) {
+    int one = 1;
+    setsockopt(c.cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+    c.lowat_set = false;
+  }
+  NameResult name = ParseHostName(sni, config_.base_domains);
+  c.hello.reset();
+  c.hello_cap = 0;
+  if (name.status != NameStatus::kOk) {
+    Abort(c, NameCounter(name.status));
+    return;
+  }
+  if (name.target.mode != Mode::kPassthrough) {
+    Abort(c, Counter::closed_terminate_unsupported);
+    return;
+  }
+  c.id = std::move(name.target.id);
+  c.port = name.target.port;
+  StartConnect(c);
+}
+
+// --- connect ---------------------------------------------------------------
+
+void Worker::StartConnect(Conn& c) {
+  std::span<const uint32_t> candidates = snap_->Candidates(c.id);
+  if (candidates.empty()) {
+    Abort(c, c.tries == 0 ? Counter::closed_unknown_app : Counter::closed_connect_failed);
+    return;
+  }
+  // Instances already tried are remembered by id hash: indexes do not survive a reload.
+  uint32_t excluded[16];
+  size_t n_excluded = 0;
+  if (c.tries > 0) {
+    for (uint32_t cand : candidates) {
+      uint64_t h = absl::Hash<std::string_view>{}(snap_->instances()[cand].id);
+      for (uint8_t t = 0; t < c.tries && n_excluded < 16; ++t) {
+        if (c.tried[t] == h) excluded[n_excluded++] = cand;
+      }
+    }
+  }
+  int64_t pick = PickInstance(candidates, std::span<const uint32_t>(excluded, n_excluded), rng_);
+  if (pick < 0) {
+    Abort(c, Counter::closed_connect_failed);
+    return;
+  }
+  const Instance& inst = snap_->instances()[pick];
+  c.tried[c.tries++] = absl::Hash<std::string_view>{}(inst.id);
+  std::memcpy(&c.backend, &inst.addr, inst.addr_len);
+  c.backend_len = inst.addr_len;
+  if (c.backend.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&c.backend)->sin_port = htons(c.port);
+  } else {
+    reinterpret_cast<sockaddr_in6*>(&c.backend)->sin6_port = htons(c.port);
+  }
+  counters_.Add(Counter::connect_attempts);
+  c.bfd = socket(c.backend.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (c.bfd < 0) {
+    counters_.Add(Counter::connect_failed);
+    Abort(c, Counter::closed_connect_failed);
+    return;
+  }
+  int one = 1;
+  setsockopt(c.bfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  c.phase = Phase::kConnect;
+  c.connect_timed_out = false;
+  SetDeadline(c, now_ms_ + ToMs(config_.connect_timeout));
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_connect(sqe, c.bfd, reinterpret_cast<sockaddr*>(&c.backend), c.backend_len);
+  Submit(c, kOpConnect, sqe);
+}
+
+void Worker::OnConnect(Conn& c, int res) {
+  if (res == 0 && !c.connect_timed_out) {
+    StartRelay(c);
+    return;
+  }
+  counters_.Add(c.connect_timed_out ? Counter::connect_timeout : Counter::connect_failed);
+  close(c.bfd);
+  c.bfd = -1;
+  if (c.tries < config_.connect_tries && !draining_) {
+    StartConnect(c);
+  } else {
+    Abort(c, Counter::closed_connect_failed);
+  }
+}
+
+// --- relay -----------------------------------------------------------------
+
+void Worker::StartRelay(Conn& c) {
+  c.phase = Phase::kRelay;
+  counters_.Add(Counter::routed_passthrough);
+  bool copy = config_.splice_mode == SpliceMode::kCopy;
+  counters_.Add(copy ? Counter::relay_copy : Counter::relay_splice);
+  for (auto& d : c.dir) d.copy = copy;
+  SetDeadline(c, now_ms_ + ToMs(config_.idle_timeout));
+  for (int d = 0; d < 2; ++d) {
+    if (c.phase != Phase::kRelay) return;
+    if (config_.splice_mode == SpliceMode::kUring) {
+      PumpUring(c, d);
+    } else {
+      Pump(c, d);
+    }
+  }
+}
+
+void Worker::ArmRelayPoll(Conn& c, int d, int fd, short events) {
+  c.dir[d].op_pending = true;
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_poll_add(sqe, fd, events);
+  Submit(c, static_cast<Op>(kOpRelayPoll0 + d), sqe);
+}
+
+void Worker::SwitchToCopy(Conn& c, int d) {
+  Direction& x = c.dir[d];
+  pipes_.PutEmpty(x.pipe);
+  x.copy = true;
+  counters_.Add(Counter::splice_fallback_copy);
+}
+
+void Worker::FinishDirection(Conn& c, int d) {
+  Direction& x = c.dir[d];
+  int dst = d == 0 ? c.bfd : c.cfd;
+  // Half-close: the other direction keeps flowing until it ends too.
+  shutdown(dst, SHUT_WR);
+  x.done = true;
+  pipes_.PutEmpty(x.pipe);
+  buffers_.Put(x.buf);
+  if (c.dir[0].done && c.dir[1].done) Abort(c, Counter::relay_done);
+}
+
+// Moves bytes for one direction with inline non-blocking syscalls until the
+// source or the destination would block, then waits for readiness on the ring.
+void Worker::Pump(Conn& c, int d) {
+  Direction& x = c.dir[d];
+  if (c.phase != Phase::kRelay || x.done || x.op_pending || x.queued) return;
+  const int src = d == 0 ? c.cfd : c.bfd;
+  const int dst = d == 0 ? c.bfd : c.cfd;
+  const Counter bytes_counter = d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client;
+  size_t moved = 0;
+  for (;;) {
+    if (x.pending() > 0) {
+      ssize_t n = x.copy ? send(dst, x.buf.get() + x.buf_off, x.pending(), MSG_NOSIGNAL | MSG_DONTWAIT)
+                         : splice(x.pipe.r, nullptr, dst, nullptr, x.pipe_bytes, kSpliceFlags);
+      if (n > 0) {
+        if (x.copy) {
+          x.buf_off += n;
+        } else {
+          x.pipe_bytes -= n;
+        }
+        counters_.Add(bytes_counter, n);
+        c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        ArmRelayPoll(c, d, dst, POLLOUT);
+        return;
+      }
+      Abort(c, Counter::closed_relay_error);
+      return;
+    }
+    if (x.eof) {
+      FinishDirection(c, d);
+      return;
+    }
+    if (moved >= kPumpBudget) {
+      // Let other connections run; this direction continues next loop.
+      x.queued = true;
+      runq_.push_back({SlotOf(c), c.gen, static_cast<uint8_t>(d)});
+      return;
+    }
+    if (!x.copy && !x.pipe.valid() && !pipes_.Get(x.pipe)) {
+      counters_.Add(Counter::pipe_create_failed);
+      x.copy = true;
+    }
+    if (x.copy && !x.buf) x.buf = buffers_.Get();
+    ssize_t n = x.copy ? recv(src, x.buf.get(), BufferPool::kSize, MSG_DONTWAIT)
+                       : splice(src, nullptr, x.pipe.w, nullptr, kPipeChunk, kSpliceFlags);
+    if (n > 0) {
+      if (x.copy) {
+        x.buf_off = 0;
+        x.buf_len = static_cast<uint32_t>(n);
+      } else {
+        x.pipe_bytes = static_cast<uint32_t>(n);
+      }
+      moved += n;
+      continue;
+    }
+    if (n == 0) {
+      x.eof = true;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      // Idle: give the empty pipe or buffer back while waiting.
+      pipes_.PutEmpty(x.pipe);
+      buffers_.Put(x.buf);
+      x.buf_off = x.buf_len = 0;
+      ArmRelayPoll(c, d, src, POLLIN);
+      return;
+    }
+    if (!x.copy && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+      SwitchToCopy(c, d);
+      continue;
+    }
+    Abort(c, Counter::closed_relay_error);
+    return;
+  }
+}
+
+// The IORING_OP_SPLICE variant: each splice is a ring operation (run by io-wq).
+void Worker::PumpUring(Conn& c, int d) {
+  Direction& x = c.dir[d];
+  if (c.phase != Phase::kRelay || x.done || x.op_pending) return;
+  if (x.copy) {
+    Pump(c, d);
+    return;
+  }
+  const int src = d == 0 ? c.cfd : c.bfd;
+  const int dst = d == 0 ? c.bfd : c.cfd;
+  if (x.pipe_bytes > 0) {
+    io_uring_sqe* sqe = Sqe();
+    io_uring_prep_splice(sqe, x.pipe.r, -1, dst, -1, x.pipe_bytes, kSpliceFlags);
+    x.op_pending = true;
+    Submit(c, static_cast<Op>(kOpSpliceOut0 + d), sqe);
+    return;
+  }
+  if (x.eof) {
+    FinishDirection(c, d);
+    return;
+  }
+  if (!x.pipe.valid() && !pipes_.Get(x.pipe)) {
+    counters_.Add(Counter::pipe_create_failed);
+    x.copy = true;
+    Pump(c, d);
+    return;
+  }
+  io_uring_sqe* sqe = Sqe();
+  io_uring_prep_splice(sqe, src, -1, x.pipe.w, -1, kPipeChunk, kSpliceFlags);
+  x.op_pending = true;
+  Submit(c, static_cast<Op>(kOpSpliceIn0 + d), sqe);
+}
+
+void Worker::OnRelayPoll(Conn& c, int d, int res) {
+  c.dir[d].op_pending = false;
+  if (res < 0) {
+    Abort(c, Counter::closed_relay_error);
+    return;
+  }
+  if (config_.splice_mode == SpliceMode::kUring) {
+    PumpUring(c, d);
+  } else {
+    Pump(c, d);
+  }
+}
+
+void Worker::OnSpliceIn(Conn& c, int d, int res) {
+  Direction& x = c.dir[d];
+  x.op_pending = false;
+  if (res > 0) {
+    x.pipe_bytes = static_cast<uint32_t>(res);
+  } else if (res == 0) {
+    x.eof = true;
+  } else if (res == -EAGAIN) {
+    pipes_.PutEmpty(x.pipe);
+    ArmRelayPoll(c, d, d == 0 ? c.cfd : c.bfd, POLLIN);
+    return;
+  } else if (res == -EINVAL || res == -EOPNOTSUPP) {
+    SwitchToCopy(c, d);
+    Pump(c, d);
+    return;
+  } else {
+    Abort(c, Counter::closed_relay_error);
+    return;
+  }
+  PumpUring(c, d);
+}
+
+void Worker::OnSpliceOut(Conn& c, int d, int res) {
+  Direction& x = c.dir[d];
+  x.op_pending = false;
+  if (res > 0) {
+    x.pipe_bytes -= static_cast<uint32_t>(res);
+    counters_.Add(d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client, res);
+    c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+    PumpUring(c, d);
+  } else if (res == -EAGAIN) {
+    ArmRelayPoll(c, d, d == 0 ? c.bfd : c.cfd, POLLOUT);
+  } else {
+    Abort(c, Counter::closed_relay_error);
+  }
+}
+
+void Worker::RunQueued() {
+  if (runq_.empty()) return;
+  std::vector<Runnable> batch;
+  batch.swap(runq_);
+  for (const Runnable& r : batch) {
+    Conn& c = conns_[r.slot];
+    if (c.gen != r.gen) continue;
+    c.dir[r.dir].queued = false;
+    Pump(c, r.dir);
+  }
+}
+
+// --- closing and timers ----------------------------------------------------
+
+void Worker::Abort(Conn& c, Counter reason) {
+  if (c.phase == Phase::kClosing || c.phase == Phase::kFree) return;
+  counters_.Add(reason);
+  c.phase = Phase::kClosing;
+  if (c.inflight > 0) {
+    for (int fd : {c.cfd, c.bfd}) {
+      if (fd < 0) continue;
+      io_uring_sqe* sqe = Sqe();
+      io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, UserData(kOpIgnore, 0, 0));
+    }
+  }
+  MaybeFree(c);
+}
+
+void Worker::MaybeFree(Conn& c) {
+  if (c.phase != Phase::kClosing || c.inflight > 0) return;
+  if (c.cfd >= 0) close(c.cfd);
+  if (c.bfd >= 0) close(c.bfd);
+  for (auto& d : c.dir) {
+    if (d.pipe_bytes > 0) {
+      pipes_.Discard(d.pipe);
+    } else {
+      pipes_.PutEmpty(d.pipe);
+    }
+    buffers_.Put(d.buf);
+  }
+  uint32_t gen = c.gen + 1;
+  uint32_t next = free_head_;
+  c = Conn();
+  c.gen = gen;
+  c.next_free = next;
+  free_head_ = SlotOf(c);
+  live_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Worker::SetDeadline(Conn& c, int64_t when_ms) {
+  c.deadline_ms = when_ms;
+  // One live heap entry per connection; a later deadline is found lazily when
+  // the earlier entry pops, so relay traffic never touches the heap.
+  if (c.timer_ms == 0 || when_ms < c.timer_ms) {
+    timers_.push({when_ms, SlotOf(c), c.gen});
+    c.timer_ms = when_ms;
+  }
+}
+
+void Worker::RunTimers() {
+  while (!timers_.empty() && timers_.top().when_ms <= now_ms_) {
+    TimerEntry e = timers_.top();
+    timers_.pop();
+    Conn& c = conns_[e.slot];
+    if (c.gen != e.gen || c.timer_ms != e.when_ms) continue;  // stale entry
+    c.timer_ms = 0;
+    if (c.phase == Phase::kFree || c.phase == Phase::kClosing) continue;
+    if (c.deadline_ms > now_ms_) {
+      SetDeadline(c, c.deadline_ms);
+      continue;
+    }
+    switch (c.phase) {
+      case Phase::kHello: Abort(c, Counter::closed_hello_timeout); break;
+      case Phase::kConnect: {
+        // The connect completes with -ECANCELED and OnConnect tries the next instance.
+        c.connect_timed_out = true;
+        io_uring_sqe* sqe = Sqe();
+        io_uring_prep_cancel_fd(sqe, c.bfd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, UserData(kOpIgnore, 0, 0));
+        break;
+      }
+      case Phase::kRelay: Abort(c, Counter::closed_idle_timeout); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace cvmgate

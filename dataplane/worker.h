@@ -1,0 +1,177 @@
+// Data-plane worker: one thread, one io_uring, its own listeners, connection slots, pools and counters.
+#pragma once
+
+#include <liburing.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <queue>
+#include <string>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "control/config.h"
+#include "control/snapshot.h"
+#include "dataplane/counters.h"
+#include "dataplane/pools.h"
+
+namespace cvmgate {
+
+class Worker {
+ public:
+  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Creates the ring and binds this worker's SO_REUSEPORT listeners. Port 0 in
+  // `listen` is replaced by the port the kernel chose, so every worker can be
+  // given the first worker's resolved addresses.
+  absl::Status Init(std::vector<ListenAddress>& addresses);
+  // The thread body: returns once stopped and drained.
+  void Run();
+  // Thread-safe: stop accepting, let live relays finish (up to --drain-timeout), return from Run().
+  void Stop();
+
+  const WorkerCounters& counters() const { return counters_; }
+  uint32_t live_connections() const { return live_.load(std::memory_order_relaxed); }
+
+ private:
+  enum class Phase : uint8_t { kFree, kHello, kConnect, kRelay, kClosing };
+
+  struct Direction {
+    Pipe pipe;
+    uint32_t pipe_bytes = 0;
+    std::unique_ptr<uint8_t[]> buf;  // copy mode
+    uint32_t buf_off = 0;
+    uint32_t buf_len = 0;
+    bool copy = false;
+    bool eof = false;
+    bool done = false;
+    bool op_pending = false;  // a poll or IORING_OP_SPLICE is in flight
+    bool queued = false;      // in the run queue after using its budget
+    uint32_t pending() const { return copy ? buf_len - buf_off : pipe_bytes; }
+  };
+
+  struct Conn {
+    uint32_t gen = 0;
+    Phase phase = Phase::kFree;
+    bool lowat_set = false;
+    bool rdhup = false;
+    bool connect_timed_out = false;
+    uint8_t tries = 0;
+    uint16_t port = 0;
+    int cfd = -1;
+    int bfd = -1;
+    uint32_t inflight = 0;
+    uint32_t hello_cap = 0;
+    std::unique_ptr<uint8_t[]> hello;
+    std::string id;
+    uint64_t tried[16] = {};
+    sockaddr_storage backend{};
+    socklen_t backend_len = 0;
+    int64_t deadline_ms = 0;
+    int64_t timer_ms = 0;  // deadline of this conn's live timer-heap entry, 0 if none
+    Direction dir[2];      // 0: client to backend, 1: backend to client
+    uint32_t next_free = 0;
+  };
+
+  struct TimerEntry {
+    int64_t when_ms;
+    uint32_t slot;
+    uint32_t gen;
+    bool operator>(const TimerEntry& o) const { return when_ms > o.when_ms; }
+  };
+  struct Runnable {
+    uint32_t slot;
+    uint32_t gen;
+    uint8_t dir;
+  };
+
+  // io_uring user_data: op (8 bits) | slot (24 bits) | generation (32 bits), so
+  // a completion can never act on a slot that has since been reused.
+  enum Op : uint8_t {
+    kOpAccept = 1,   // slot = listener index
+    kOpWake,         // the eventfd read
+    kOpIgnore,       // cancellations: no connection accounting
+    kOpPeek,
+    kOpHelloPoll,
+    kOpConnect,
+    kOpRelayPoll0,   // + direction
+    kOpRelayPoll1,
+    kOpSpliceIn0,
+    kOpSpliceIn1,
+    kOpSpliceOut0,
+    kOpSpliceOut1,
+  };
+  static uint64_t UserData(Op op, uint32_t slot, uint32_t gen) {
+    return (uint64_t{op} << 56) | (uint64_t{slot & 0xffffff} << 32) | gen;
+  }
+
+  io_uring_sqe* Sqe();
+  void Submit(Conn& c, Op op, io_uring_sqe* sqe);
+  void ArmAccept(size_t listener);
+  void ArmWake();
+  void Handle(io_uring_cqe* cqe);
+  void OnAccept(size_t listener, int res, bool more);
+  void OnWake();
+  void BeginDrain();
+
+  uint32_t SlotOf(const Conn& c) const { return static_cast<uint32_t>(&c - conns_.get()); }
+  void SubmitPeek(Conn& c);
+  void OnPeek(Conn& c, int res);
+  void OnHelloPoll(Conn& c, int res);
+  void OnHelloDone(Conn& c, std::string_view sni);
+  void StartConnect(Conn& c);
+  void OnConnect(Conn& c, int res);
+  void StartRelay(Conn& c);
+  void Pump(Conn& c, int d);
+  void PumpUring(Conn& c, int d);
+  void OnRelayPoll(Conn& c, int d, int res);
+  void OnSpliceIn(Conn& c, int d, int res);
+  void OnSpliceOut(Conn& c, int d, int res);
+  void ArmRelayPoll(Conn& c, int d, int fd, short events);
+  void FinishDirection(Conn& c, int d);
+  void SwitchToCopy(Conn& c, int d);
+  void Abort(Conn& c, Counter reason);
+  void MaybeFree(Conn& c);
+  void SetDeadline(Conn& c, int64_t when_ms);
+  void RunTimers();
+  void RunQueued();
+  int64_t WaitMs() const;
+
+  const int index_;
+  const Config& config_;
+  SnapshotDomain::Reader reader_;
+  const RouteSnapshot* snap_ = nullptr;  // valid only between reader_.Enter() and Leave()
+  const uint32_t max_connections_;
+
+  io_uring ring_{};
+  bool ring_ready_ = false;
+  std::vector<int> listeners_;
+  std::vector<bool> accept_armed_;
+  bool accept_paused_ = false;  // EMFILE: re-armed by the timer tick
+  int64_t accept_retry_ms_ = 0;
+  int wake_fd_ = -1;
+  uint64_t wake_value_ = 0;
+  std::atomic<bool> stop_requested_{false};
+  bool draining_ = false;
+  int64_t drain_deadline_ms_ = 0;
+  bool drain_cut_ = false;
+
+  std::unique_ptr<Conn[]> conns_;
+  uint32_t free_head_ = 0;
+  std::atomic<uint32_t> live_{0};
+  int64_t now_ms_ = 0;
+  std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
+  std::vector<Runnable> runq_;
+  PipePool pipes_;
+  BufferPool buffers_;
+  absl::InsecureBitGen rng_;
+  WorkerCounters counters_;
+};
+
+}  // namespace cvmgate
