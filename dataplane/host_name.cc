@@ -61,6 +61,8 @@ NameResult ParseHostName(std::string_view raw, const std::vector<std::string>& b
   for (char c : name) {
     if (!IsHostChar(c)) return out;
   }
+  // Empty labels ("a..b", a second trailing dot) are not host names.
+  if (name.find("..") != std::string::npos || name.back() == '.') return out;
   size_t dot = name.find('.');
   if (dot == std::string::npos) {
     out.status = NameStatus::kUnknownDomain;

@@ -1,0 +1,238 @@
+// Unit tests of the ClientHello parser: real captured hellos, splits, and a table of broken inputs.
+#include "dataplane/client_hello.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+namespace cvmgate {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+constexpr size_t kCap = 65536;
+
+Bytes ReadHello(const std::string& name) {
+  std::ifstream in(std::string(CVMGATE_TEST_DATA) + "/hello/" + name, std::ios::binary);
+  EXPECT_TRUE(in) << name;
+  return Bytes(std::istreambuf_iterator<char>(in), {});
+}
+
+HelloResult Parse(const Bytes& b, size_t cap = kCap) { return ParseClientHello(b, cap); }
+
+// Builds a ClientHello with the given extensions, then cuts it into records of `record_size`.
+struct HelloBuilder {
+  Bytes extensions;
+  size_t record_size = kMaxTlsRecordPayload;
+
+  static void Put16(Bytes& b, size_t v) {
+    b.push_back(uint8_t(v >> 8));
+    b.push_back(uint8_t(v));
+  }
+  HelloBuilder& Sni(const std::string& name) {
+    Put16(extensions, 0);
+    Put16(extensions, name.size() + 5);
+    Put16(extensions, name.size() + 3);
+    extensions.push_back(0);
+    Put16(extensions, name.size());
+    extensions.insert(extensions.end(), name.begin(), name.end());
+    return *this;
+  }
+  HelloBuilder& Alpn(const std::vector<std::string>& protos) {
+    Bytes list;
+    for (auto& p : protos) {
+      list.push_back(uint8_t(p.size()));
+      list.insert(list.end(), p.begin(), p.end());
+    }
+    Put16(extensions, 16);
+    Put16(extensions, list.size() + 2);
+    Put16(extensions, list.size());
+    extensions.insert(extensions.end(), list.begin(), list.end());
+    return *this;
+  }
+  HelloBuilder& Padding(size_t n) {
+    Put16(extensions, 21);
+    Put16(extensions, n);
+    extensions.insert(extensions.end(), n, 0);
+    return *this;
+  }
+  Bytes Body() const {
+    Bytes body = {3, 3};
+    body.insert(body.end(), 32, 0xab);  // random
+    body.push_back(0);                  // session id
+    Put16(body, 2);
+    body.push_back(0x13);
+    body.push_back(0x01);  // TLS_AES_128_GCM_SHA256
+    body.push_back(1);
+    body.push_back(0);  // null compression
+    Put16(body, extensions.size());
+    body.insert(body.end(), extensions.begin(), extensions.end());
+    return body;
+  }
+  Bytes Build() const {
+    Bytes body = Body();
+    Bytes msg = {1, uint8_t(body.size() >> 16), uint8_t(body.size() >> 8), uint8_t(body.size())};
+    msg.insert(msg.end(), body.begin(), body.end());
+    Bytes wire;
+    for (size_t off = 0; off < msg.size(); off += record_size) {
+      size_t n = std::min(record_size, msg.size() - off);
+      wire.insert(wire.end(), {22, 3, 1});
+      Put16(wire, n);
+      wire.insert(wire.end(), msg.begin() + off, msg.begin() + off + n);
+    }
+    return wire;
+  }
+};
+
+TEST(ClientHello, RealHellosFromOpensslCurlAndPython) {
+  for (const char* name : {"openssl_tls12.bin", "openssl_tls13.bin", "curl.bin", "python.bin", "python_2k.bin",
+                           "python_20k.bin"}) {
+    Bytes hello = ReadHello(name);
+    ASSERT_FALSE(hello.empty()) << name;
+    HelloResult r = Parse(hello);
+    EXPECT_EQ(r.status, HelloStatus::kOk) << name << ": " << HelloStatusName(r.status);
+    EXPECT_EQ(r.sni, "app-8443s.example.test") << name;
+    EXPECT_EQ(r.wire_bytes, hello.size()) << name;
+  }
+}
+
+TEST(ClientHello, PythonOffersItsAlpnList) {
+  HelloResult r = Parse(ReadHello("python_2k.bin"));
+  ASSERT_EQ(r.status, HelloStatus::kOk);
+  ASSERT_EQ(r.alpn.size(), 171u);
+  EXPECT_EQ(r.alpn.front(), "proto-000");
+}
+
+TEST(ClientHello, NoServerNameIsNoSni) {
+  EXPECT_EQ(Parse(ReadHello("no_sni.bin")).status, HelloStatus::kNoSni);
+}
+
+// Every prefix of a real hello asks for more, never past the record in view,
+// and the bytes it asks for always make progress.
+TEST(ClientHello, EveryPrefixNeedsMoreAndAsksOnlyForTheCurrentRecord) {
+  for (const char* name : {"openssl_tls13.bin", "python_2k.bin", "python_20k.bin"}) {
+    Bytes hello = ReadHello(name);
+    for (size_t n = 0; n < hello.size(); ++n) {
+      Bytes prefix(hello.begin(), hello.begin() + n);
+      HelloResult r = Parse(prefix);
+      ASSERT_EQ(r.status, HelloStatus::kNeedMore) << name << " at " << n;
+      ASSERT_GT(r.need, n) << name << " at " << n;
+      ASSERT_LE(r.need, hello.size()) << name << " at " << n;
+      ASSERT_LE(r.need - n, kMaxTlsRecordPayload + kTlsRecordHeader) << name << " at " << n;
+    }
+  }
+}
+
+TEST(ClientHello, TwentyKilobyteHelloSpansTwoRecordsAndAsksForEachInTurn) {
+  Bytes hello = ReadHello("python_20k.bin");
+  HelloResult first = Parse(Bytes(hello.begin(), hello.begin() + 5));
+  EXPECT_EQ(first.need, 5u + 16384u);
+  HelloResult second = Parse(Bytes(hello.begin(), hello.begin() + 5 + 16384));
+  EXPECT_EQ(second.need, 5u + 16384u + 5u);
+  HelloResult third = Parse(Bytes(hello.begin(), hello.begin() + 5 + 16384 + 5));
+  EXPECT_EQ(third.need, hello.size());
+}
+
+TEST(ClientHello, HelloFragmentedIntoSmallRecords) {
+  HelloBuilder b;
+  b.Sni("x-1s.example.test").Padding(1500);
+  b.record_size = 100;
+  Bytes wire = b.Build();
+  HelloResult r = Parse(wire);
+  ASSERT_EQ(r.status, HelloStatus::kOk) << HelloStatusName(r.status);
+  EXPECT_EQ(r.sni, "x-1s.example.test");
+}
+
+TEST(ClientHello, LargerThanTheCapIsRefusedFromItsHeader) {
+  Bytes hello = ReadHello("python_20k.bin");
+  // Only the first record's headers are visible: the handshake length already says "too large".
+  HelloResult r = Parse(Bytes(hello.begin(), hello.begin() + 9), 16384);
+  EXPECT_EQ(r.status, HelloStatus::kTooLarge);
+  EXPECT_EQ(Parse(hello, hello.size()).status, HelloStatus::kOk);
+  EXPECT_EQ(Parse(hello, hello.size() - 1).status, HelloStatus::kTooLarge);
+}
+
+TEST(ClientHello, SslV2AndNonTlsBytes) {
+  EXPECT_EQ(Parse(Bytes{0x80, 0x2e, 0x01, 0x00, 0x02}).status, HelloStatus::kSslV2);
+  EXPECT_EQ(Parse(Bytes{0x80}).status, HelloStatus::kNeedMore);
+  std::string get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  EXPECT_EQ(Parse(Bytes(get.begin(), get.end())).status, HelloStatus::kNotTls);
+  EXPECT_EQ(Parse(Bytes{'S', 'S', 'H', '-'}).status, HelloStatus::kNotTls);
+  EXPECT_EQ(Parse(Bytes{23, 3, 3, 0, 5, 1, 2, 3, 4, 5}).status, HelloStatus::kNotTls);  // application data
+  EXPECT_EQ(Parse(Bytes{22, 2, 0, 0, 5}).status, HelloStatus::kNotTls);                 // record version 2.x
+}
+
+struct BrokenCase {
+  const char* what;
+  Bytes bytes;
+  HelloStatus want;
+};
+
+TEST(ClientHello, TableOfTruncatedAndGarbageInputs) {
+  Bytes good = HelloBuilder().Sni("app-443s.example.test").Build();
+  auto mutate = [&](size_t at, uint8_t value) {
+    Bytes b = good;
+    b[at] = value;
+    return b;
+  };
+  // Offsets in `good`: 0-4 record header, 5 handshake type, 6-8 length, 9-10 version,
+  // 11-42 random, 43 session id length, 44-45 cipher suites length, 48 compression length.
+  Bytes extra = good;
+  extra[4] += 1;  // the record claims one byte more than the hello uses
+  extra.push_back(0);
+  Bytes two_snis;
+  {
+    HelloBuilder b;
+    b.Sni("a.example.test").Sni("b.example.test");
+    two_snis = b.Build();
+  }
+  Bytes no_extensions;
+  {
+    HelloBuilder b;
+    Bytes body = b.Body();
+    body.resize(body.size() - 2);  // drop the (empty) extensions length
+    no_extensions = {22, 3, 1, 0, uint8_t(body.size() + 4), 1, 0, 0, uint8_t(body.size())};
+    no_extensions.insert(no_extensions.end(), body.begin(), body.end());
+  }
+  Bytes bad_sni_len = good;
+  bad_sni_len[good.size() - 21 - 2] = 0xff;  // the host name length: past the extension
+  Bytes empty_alpn = HelloBuilder().Sni("a.example.test").Alpn({""}).Build();
+  Bytes nul_record = {22, 3, 1, 0, 0};
+  Bytes huge_record = {22, 3, 1, 0x40, 0x01};
+  Bytes interleaved = good;
+  interleaved.resize(20);
+  interleaved[4] = 15;  // a short first record...
+  interleaved.insert(interleaved.end(), {23, 3, 3, 0, 1, 0});  // ...then application data
+
+  std::vector<BrokenCase> cases = {
+      {"not a client hello (server hello)", mutate(5, 2), HelloStatus::kNotClientHello},
+      {"session id longer than 32", mutate(43, 33), HelloStatus::kMalformed},
+      {"cipher suites length odd", mutate(45, 3), HelloStatus::kMalformed},
+      {"cipher suites length past the end", mutate(44, 0xff), HelloStatus::kMalformed},
+      {"handshake length shorter than the record", mutate(8, good[8] - 1), HelloStatus::kMalformed},
+      {"trailing bytes after the hello in its record", extra, HelloStatus::kMalformed},
+      {"two host names", two_snis, HelloStatus::kMalformed},
+      {"no extensions", no_extensions, HelloStatus::kNoSni},
+      {"host name length past the extension", bad_sni_len, HelloStatus::kMalformed},
+      {"empty ALPN protocol", empty_alpn, HelloStatus::kMalformed},
+      {"zero-length record", nul_record, HelloStatus::kMalformed},
+      {"record over 2^14", huge_record, HelloStatus::kMalformed},
+      {"another record type mid-hello", interleaved, HelloStatus::kMalformed},
+  };
+  for (const auto& c : cases) {
+    HelloResult r = Parse(c.bytes);
+    EXPECT_EQ(r.status, c.want) << c.what << ": got " << HelloStatusName(r.status);
+    EXPECT_TRUE(r.sni.empty()) << c.what;
+  }
+  EXPECT_EQ(Parse(good).status, HelloStatus::kOk);
+}
+
+TEST(ClientHello, DuplicateExtensionIsMalformed) {
+  Bytes b = HelloBuilder().Sni("a.example.test").Padding(4).Padding(4).Build();
+  EXPECT_EQ(Parse(b).status, HelloStatus::kMalformed);
+}
+
+}  // namespace
+}  // namespace cvmgate

@@ -1,0 +1,66 @@
+// Unit tests of the command-line flags: defaults, repeatable flags and clear errors.
+#include "control/config.h"
+
+#include <gtest/gtest.h>
+
+namespace cvmgate {
+namespace {
+
+TEST(Config, DefaultsAndRepeatableFlags) {
+  auto c = ParseFlags({"--base-domain", "Example.test.", "--base-domain=gw.example.org", "--listen",
+                       "127.0.0.1:8443", "--listen=[::1]:8443", "--idle-timeout=90s"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->base_domains, (std::vector<std::string>{"example.test", "gw.example.org"}));
+  ASSERT_EQ(c->listen.size(), 2u);
+  EXPECT_EQ(c->listen[1].addr.ss_family, AF_INET6);
+  EXPECT_EQ(c->idle_timeout, absl::Seconds(90));
+  EXPECT_EQ(c->hello_timeout, absl::Seconds(5));
+  EXPECT_EQ(c->hello_max_bytes, 65536u);
+  EXPECT_EQ(c->connect_tries, 3);
+  EXPECT_EQ(c->splice_mode, SpliceMode::kInline);
+}
+
+TEST(Config, ListenDefaultsTo443) {
+  auto c = ParseFlags({"--base-domain=example.test"});
+  ASSERT_TRUE(c.ok());
+  ASSERT_EQ(c->listen.size(), 1u);
+  EXPECT_EQ(c->listen[0].text, "0.0.0.0:443");
+}
+
+TEST(Config, ErrorsNameTheFlag) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {{}, "--base-domain is required"},
+      {{"--base-domain=x.test", "--bogus"}, "unknown flag --bogus"},
+      {{"--base-domain=x.test", "--workers=0"}, "--workers=0: expected a whole number from 1"},
+      {{"--base-domain=x.test", "--hello-timeout=soon"}, "--hello-timeout=soon: expected a positive duration"},
+      {{"--base-domain=x.test", "--listen=127.0.0.1"}, "--listen=127.0.0.1: expected ADDR:PORT"},
+      {{"--base-domain=x.test", "--listen=host:80"}, "IPv4 or IPv6 literal"},
+      {{"--base-domain=x.test", "--listen=1.2.3.4:70000"}, "the port must be"},
+      {{"--base-domain=x.test", "--splice-mode=fast"}, "expected inline, uring or copy"},
+      {{"--base-domain=bad_domain"}, "is not a host name"},
+      {{"--base-domain"}, "--base-domain needs a value"},
+      {{"--base-domain=x.test", "stray"}, "unexpected argument 'stray'"},
+  };
+  for (const auto& c : cases) {
+    auto r = ParseFlags(c.args);
+    ASSERT_FALSE(r.ok()) << c.message;
+    EXPECT_NE(r.status().message().find(c.message), std::string::npos) << r.status().message();
+  }
+}
+
+TEST(Config, UsageListsEveryFlagWithItsDefault) {
+  std::string u = Usage();
+  for (const char* f : {"--listen", "--base-domain", "--state", "--workers", "--hello-timeout", "--hello-max-bytes",
+                        "--connect-timeout", "--connect-tries", "--idle-timeout", "--drain-timeout", "--splice-mode",
+                        "--max-connections", "--backlog"}) {
+    EXPECT_NE(u.find(f), std::string::npos) << f;
+  }
+  EXPECT_NE(u.find("(default: 10m)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cvmgate
