@@ -1,0 +1,80 @@
+"""Integration tests for cvmgate's limits: idle timeout, drain cut-off, connection cap, connect retries."""
+
+import os
+import signal
+import time
+
+import peers
+from peers import TlsClient, sni_name
+from test_passthrough import assert_echo, open_relay
+
+
+def test_idle_relay_closed_after_idle_timeout(make_gateway, backends):
+    gw = make_gateway(args=["--idle-timeout", "1s"])
+    c, _ = open_relay(gw, backends)
+    # Traffic keeps it alive past the timeout...
+    for i in range(3):
+        if i:
+            time.sleep(0.6)  # part of the scenario: a pause shorter than the idle timeout
+        c.plain.clear()
+        c._pump(os.urandom(1024), until=lambda got: len(got) >= 1024, timeout=5)
+        last_traffic = time.monotonic()
+    # ...silence closes it, about one idle timeout after the last byte.
+    closed = c.wait_closed(5)
+    silent = time.monotonic() - last_traffic
+    c.close()
+    assert closed.how in ("eof", "reset"), closed
+    assert 0.9 <= silent <= 3.5, "closed %.2fs after the last byte, idle timeout 1s" % silent
+    gw.wait_counter("closed_idle_timeout", 1)
+
+
+def test_drain_timeout_cuts_relays_that_do_not_finish(make_gateway, backends):
+    gw = make_gateway(args=["--drain-timeout", "1s"])
+    c, _ = open_relay(gw, backends)
+    started = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    rc = gw.wait_exit(10)
+    elapsed = time.monotonic() - started
+    assert rc == 0, gw.log()
+    assert 0.8 <= elapsed <= 5, "exit after %.2fs, drain timeout 1s" % elapsed
+    final = gw.snapshots[-1]
+    assert final["closed_drain_timeout"] == 1, final
+    closed = c.wait_closed(5)
+    c.close()
+    assert closed.how in ("eof", "reset"), closed
+
+
+def test_connections_over_max_connections_are_refused(make_gateway, backends):
+    gw = make_gateway(workers=1, args=["--max-connections", "2"])
+    held = [open_relay(gw, backends)[0] for _ in range(2)]
+    extra = TlsClient(gw.addr, sni_name("app", backends.port))
+    extra.connect()
+    extra.send_hello()
+    closed = extra.wait_closed(5)
+    extra.close()
+    assert closed.how in ("eof", "reset") and closed.data == b"", closed
+    gw.wait_counter("closed_overload", 1)
+    # The held relays are unharmed, and a freed slot is reused.
+    payload = os.urandom(4096)
+    assert_echo(held[0].exchange(payload), payload)
+    held[0].close()
+    peers.wait_until(lambda: gw.counters()["live_connections"] == 1, 5, "the closed relay to free its slot")
+    again, _ = open_relay(gw, backends)
+    again.close()
+    held[1].close()
+
+
+def test_failed_connect_moves_on_to_another_instance(make_gateway, backends):
+    state = peers.default_state()
+    # Nothing listens on 127.0.0.4: every pick of it fails fast and must be retried elsewhere.
+    state["apps"]["app"]["instances"].append({"id": "app-dead", "address": "127.0.0.4"})
+    gw = make_gateway(state=state)
+    for _ in range(30):
+        c, inst = open_relay(gw, backends)
+        c.close()
+        assert inst in ("app-i1", "app-i2")
+    counters = gw.counters()
+    # 30 picks among 3 instances: P(the dead one never drawn) = (2/3)^30 < 1e-5.
+    assert counters["connect_failed"] >= 1, counters
+    assert counters.get("closed_connect_failed", 0) == 0, counters
+    assert counters["routed_passthrough"] == 30, counters
