@@ -24,7 +24,7 @@ def cvmgate_bin():
     path = os.environ.get("CVMGATE_BIN")
     if not path:
         pytest.fail("CVMGATE_BIN is not set: point it at the cvmgate binary under test "
-                    "(e.g. CVMGATE_BIN=build/cvmgate)", pytrace=False)
+                    "(e.g. CVMGATE_BIN=build/tools/cvmgate)", pytrace=False)
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         pytest.fail("CVMGATE_BIN=%s is not an executable file" % path, pytrace=False)
     return os.path.abspath(path)

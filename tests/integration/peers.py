@@ -510,6 +510,12 @@ class TlsClient:
     def half_close(self):
         self._pump(b"", half_close=True)
 
+    def echo(self, payload, timeout=None):
+        """Send payload and read until as many more plaintext bytes have come back."""
+        want = len(self.plain) + len(payload)
+        self._pump(payload, until=lambda got: len(got) >= want, timeout=timeout)
+        return bytes(self.plain[want - len(payload):want])
+
     def read_until_eof(self, timeout=None):
         self._pump(until_eof=True, timeout=timeout)
         return bytes(self.plain)

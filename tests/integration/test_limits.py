@@ -16,8 +16,8 @@ def test_idle_relay_closed_after_idle_timeout(make_gateway, backends):
     for i in range(3):
         if i:
             time.sleep(0.6)  # part of the scenario: a pause shorter than the idle timeout
-        c.plain.clear()
-        c._pump(os.urandom(1024), until=lambda got: len(got) >= 1024, timeout=5)
+        payload = os.urandom(1024)
+        assert c.echo(payload, timeout=5) == payload
         last_traffic = time.monotonic()
     # ...silence closes it, about one idle timeout after the last byte.
     closed = c.wait_closed(5)

@@ -180,12 +180,17 @@ def test_captured_hello_forwarded_verbatim(make_gateway, name):
     """Replay a real client's captured ClientHello (SNI app-8443s.example.test)."""
     with open(os.path.join(HELLO_DIR, name), "rb") as f:
         hello = f.read()
+    sink = None
+    for host in ("127.0.8.%d" % i for i in range(1, 65)):  # port 8443 is fixed by the SNI
+        try:
+            sink = peers.RawSink(host, 8443)
+            break
+        except OSError as e:
+            error = e
+    if sink is None:
+        pytest.skip("port 8443 is taken on 127.0.8.1-64, the fixture SNI needs it: %s" % error)
     try:
-        sink = peers.RawSink("127.0.0.5", 8443)
-    except OSError as e:
-        pytest.skip("cannot listen on 127.0.0.5:8443 for the fixture SNI: %s" % e)
-    try:
-        gw = make_gateway(state=peers.default_state({"app-i1": "127.0.0.5"}))
+        gw = make_gateway(state=peers.default_state({"app-i1": sink.ip}))
         s = peers.raw_connect(gw.addr)
         s.sendall(hello)
         got = sink.receive(len(hello))
