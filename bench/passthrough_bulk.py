@@ -220,7 +220,7 @@ class Gateway:
         self.cmd = [
             str(args.cvmgate), "--listen", f"127.0.0.1:{self.port}", "--base-domain", args.base_domain,
             "--state", str(state_path), "--workers", str(args.workers), "--splice-mode", mode,
-        ]
+        ] + args.gateway_arg
         self.logf = open(self.logpath, "wb")
         try:
             self.p = subprocess.Popen(taskset(cpus) + self.cmd, stdout=self.logf, stderr=subprocess.STDOUT,
@@ -408,6 +408,8 @@ def main():
     ap.add_argument("--gateway-cpus", default="1", help="taskset CPU list for cvmgate in the pinned layout")
     ap.add_argument("--client-cpus", default="0", help="taskset CPU list for loadgen and sink in the pinned layout")
     ap.add_argument("--workers", type=int, default=1, help="cvmgate --workers")
+    ap.add_argument("--gateway-arg", action="append", default=[],
+                    help="extra cvmgate flag, repeatable (e.g. --gateway-arg=--pipe-size=65536)")
     ap.add_argument("--sink-discard", choices=("read", "trunc"), default="trunc",
                     help="sink copies data to user space (read) or drops it in the kernel (trunc)")
     ap.add_argument("--verify", action="store_true", help="sink checks every payload byte")

@@ -97,6 +97,9 @@ const std::vector<Flag>& Flags() {
          else return Bad("splice-mode", v, "expected inline, uring or copy");
          return absl::OkStatus();
        }},
+      {"pipe-size", "BYTES", "1048576",
+       "capacity of each relay pipe (F_SETPIPE_SZ); pipes are pooled, so few exist at once; 0 keeps 64 KiB",
+       IntFlag("pipe-size", &Config::pipe_size, 0, 1 << 26)},
       {"max-connections", "N", "from the fd limit",
        "connections held at once (each relay takes 2 descriptors); past it new ones are refused",
        IntFlag("max-connections", &Config::max_connections, 1, 1 << 24)},

@@ -36,6 +36,7 @@ struct Config {
   absl::Duration idle_timeout = absl::Minutes(10);
   absl::Duration drain_timeout = absl::Seconds(30);
   SpliceMode splice_mode = SpliceMode::kInline;
+  uint32_t pipe_size = 1 << 20;
   uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit
   int backlog = 4096;
   bool help = false;

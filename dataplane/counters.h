@@ -39,6 +39,7 @@ namespace cvmgate {
   X(relay_copy, "relays that moved their bytes through a userspace buffer")               \
   X(splice_fallback_copy, "relay directions switched to copy because splice was refused") \
   X(pipe_create_failed, "pipes that could not be created (direction fell back to copy)")  \
+  X(pipe_resize_failed, "pipes left at the default size: F_SETPIPE_SZ refused (fs.pipe-*)") \
   X(bytes_client_to_backend, "bytes relayed from clients to instances")                   \
   X(bytes_backend_to_client, "bytes relayed from instances to clients")
 

@@ -8,6 +8,8 @@
 #include <memory>
 #include <vector>
 
+#include "dataplane/counters.h"
+
 namespace cvmgate {
 
 struct Pipe {
@@ -21,7 +23,9 @@ struct Pipe {
 // directions moving at the same moment, not one per connection.
 class PipePool {
  public:
-  explicit PipePool(size_t max_idle) : max_idle_(max_idle) {}
+  // `pipe_size` 0 keeps the kernel's default capacity (64 KiB).
+  PipePool(size_t max_idle, int pipe_size, WorkerCounters& counters)
+      : max_idle_(max_idle), pipe_size_(pipe_size), counters_(counters) {}
   ~PipePool() {
     for (Pipe& p : idle_) Close(p);
   }
@@ -39,6 +43,10 @@ class PipePool {
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
     out = {fds[0], fds[1]};
     ++created_;
+    // A larger pipe moves more per splice call. Unprivileged processes are
+    // capped by fs.pipe-max-size and fs.pipe-user-pages-soft: then the
+    // kernel's default capacity stays, which is correct, only slower.
+    if (pipe_size_ > 0 && fcntl(fds[1], F_SETPIPE_SZ, pipe_size_) < 0) counters_.Add(Counter::pipe_resize_failed);
     return true;
   }
   // `p` must be empty: what a pipe still holds would leak into another relay.
@@ -65,6 +73,8 @@ class PipePool {
     close(p.w);
   }
   size_t max_idle_;
+  int pipe_size_;
+  WorkerCounters& counters_;
   std::vector<Pipe> idle_;
   uint64_t created_ = 0;
 };

@@ -24,7 +24,6 @@ namespace {
 
 constexpr uint32_t kRingEntries = 4096;
 constexpr uint32_t kHelloInitialPeek = 1024;  // most hellos fit; larger ones grow one record at a time
-constexpr size_t kPipeChunk = 64 * 1024;      // the default pipe capacity
 constexpr size_t kPumpBudget = 512 * 1024;    // bytes one direction moves before yielding to others
 constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 constexpr int64_t kMaxWaitMs = 1000;
@@ -80,7 +79,8 @@ Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, u
       reader_(reader),
       max_connections_(max_connections),
       conns_(new Conn[max_connections]),
-      pipes_(64),
+      pipes_(16, static_cast<int>(config.pipe_size), counters_),
+      pipe_chunk_(config.pipe_size > 0 ? config.pipe_size : 65536),
       buffers_(16) {
   for (uint32_t i = 0; i < max_connections_; ++i) conns_[i].next_free = i + 1;
 }
@@ -565,7 +565,7 @@ void Worker::Pump(Conn& c, int d) {
     }
     if (x.copy && !x.buf) x.buf = buffers_.Get();
     ssize_t n = x.copy ? recv(src, x.buf.get(), BufferPool::kSize, MSG_DONTWAIT)
-                       : splice(src, nullptr, x.pipe.w, nullptr, kPipeChunk, kSpliceFlags);
+                       : splice(src, nullptr, x.pipe.w, nullptr, pipe_chunk_, kSpliceFlags);
     if (n > 0) {
       if (x.copy) {
         x.buf_off = 0;
@@ -626,7 +626,7 @@ void Worker::PumpUring(Conn& c, int d) {
     return;
   }
   io_uring_sqe* sqe = Sqe();
-  io_uring_prep_splice(sqe, src, -1, x.pipe.w, -1, kPipeChunk, kSpliceFlags);
+  io_uring_prep_splice(sqe, src, -1, x.pipe.w, -1, pipe_chunk_, kSpliceFlags);
   x.op_pending = true;
   Submit(c, static_cast<Op>(kOpSpliceIn0 + d), sqe);
 }

@@ -168,10 +168,11 @@ class Worker {
   int64_t now_ms_ = 0;
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
   std::vector<Runnable> runq_;
+  WorkerCounters counters_;  // before the pools, which count into it
   PipePool pipes_;
+  const size_t pipe_chunk_;  // bytes asked of one splice into a pipe: its capacity
   BufferPool buffers_;
   absl::InsecureBitGen rng_;
-  WorkerCounters counters_;
 };
 
 }  // namespace cvmgate

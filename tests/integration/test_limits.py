@@ -78,3 +78,15 @@ def test_failed_connect_moves_on_to_another_instance(make_gateway, backends):
     assert counters["connect_failed"] >= 1, counters
     assert counters.get("closed_connect_failed", 0) == 0, counters
     assert counters["routed_passthrough"] == 30, counters
+
+
+def test_kernel_default_pipe_size_still_relays_intact(make_gateway, backends):
+    gw = make_gateway(args=["--pipe-size", "0"])
+    c, _ = open_relay(gw, backends)
+    payload = os.urandom(4 << 20)
+    ex = c.exchange(payload, timeout=30)
+    c.close()
+    assert_echo(ex, payload)
+    counters = gw.counters()
+    assert counters["pipe_resize_failed"] == 0, counters
+    assert counters["bytes_client_to_backend"] >= len(payload), counters
