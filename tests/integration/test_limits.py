@@ -90,3 +90,30 @@ def test_kernel_default_pipe_size_still_relays_intact(make_gateway, backends):
     counters = gw.counters()
     assert counters["pipe_resize_failed"] == 0, counters
     assert counters["bytes_client_to_backend"] >= len(payload), counters
+
+
+def _fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def test_refused_and_finished_connections_leave_no_descriptor_behind(make_gateway, backends):
+    gw = make_gateway(args=["--hello-timeout", "1s"])
+    pid = gw.proc.pid
+    # One relay first, so the worker's pipe pool is warm and counted in the baseline.
+    c, _ = open_relay(gw, backends)
+    assert_echo(c.exchange(b"warm-up"), b"warm-up")
+    c.close()
+    peers.wait_until(lambda: gw.counters()["live_connections"] == 0, 5, "the warm-up relay to end")
+    baseline = _fds(pid)
+    hello = TlsClient(gw.addr, sni_name("app", backends.port)).client_hello()
+    for send in [b"GET / HTTP/1.0\r\n\r\n", b"\x16\x03\x01\x00", hello[: len(hello) // 2], b"", hello]:
+        for _ in range(5):
+            s = peers.raw_connect(gw.addr)
+            if send:
+                s.sendall(send)
+            s.close()  # mid-hello, right after a complete hello, or before any byte
+    for _ in range(5):
+        c, _ = open_relay(gw, backends)
+        c.close()  # abrupt close of a live relay
+    peers.wait_until(lambda: gw.counters()["live_connections"] == 0, 10, "every connection to be released")
+    assert _fds(pid) <= baseline, "descriptors before %d, after %d" % (baseline, _fds(pid))
