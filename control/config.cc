@@ -38,6 +38,13 @@ auto DurationFlag(const char* name, absl::Duration Config::*field) {
   };
 }
 
+auto StringFlag(std::string Config::*field) {
+  return [field](Config& c, const std::string& v) {
+    c.*field = v;
+    return absl::OkStatus();
+  };
+}
+
 template <typename T>
 auto IntFlag(const char* name, T Config::*field, int64_t min, int64_t max) {
   return [=](Config& c, const std::string& v) {
@@ -69,11 +76,41 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"state", "FILE", "/var/lib/cvmgate/state.json",
-       "route state (apps and instances, JSON); reloaded on SIGHUP",
+       "registry of apps and instances (JSON, written crash-safely); reloaded on SIGHUP",
+       StringFlag(&Config::state_file)},
+      {"wg-pool", "CIDR", "10.0.0.0/8", "IPv4 pool from which each registered CVM gets one /32",
+       StringFlag(&Config::wg_pool)},
+      {"wg-address", "IP", "10.0.0.1", "the gateway's own tunnel address inside --wg-pool (never allocated)",
+       StringFlag(&Config::wg_address)},
+      {"admin", "unix:PATH|tcp:127.0.0.1:PORT", "unix:/run/cvmgate/admin.sock",
+       "admin API (register, list, explain, metrics); TCP only on loopback and with --admin-token-file",
+       StringFlag(&Config::admin)},
+      {"admin-token-file", "FILE", "", "bearer token for the TCP admin API (requests without it get 401)",
+       StringFlag(&Config::admin_token_file)},
+      {"wg-interface", "NAME", "", "WireGuard interface to the CVMs; created when missing (empty: static instances only)",
+       StringFlag(&Config::wg_interface)},
+      {"wg-backend", "auto|netlink|uapi", "auto", "kernel WireGuard over netlink, or wireguard-go's UAPI socket",
        [](Config& c, const std::string& v) {
-         c.state_file = v;
+         if (v != "auto" && v != "netlink" && v != "uapi") return Bad("wg-backend", v, "expected auto, netlink or uapi");
+         c.wg_backend = v;
          return absl::OkStatus();
        }},
+      {"wg-private-key-file", "FILE", "",
+       "the gateway's WireGuard private key (base64); generated and written 0600 when the file does not exist",
+       StringFlag(&Config::wg_private_key_file)},
+      {"wg-listen-port", "PORT", "51820", "UDP port of the WireGuard interface",
+       IntFlag("wg-listen-port", &Config::wg_listen_port, 1, 65535)},
+      {"wg-endpoint", "HOST:PORT", "", "the gateway's WireGuard endpoint as CVMs reach it (returned by register)",
+       StringFlag(&Config::wg_endpoint)},
+      {"wg-keep-unknown-peers", nullptr, "", "leave WireGuard peers the registry does not know (default: remove them)",
+       [](Config& c, const std::string&) {
+         c.wg_keep_unknown_peers = true;
+         return absl::OkStatus();
+       }},
+      {"health-poll", "DURATION", "10s", "how often WireGuard handshakes are read",
+       DurationFlag("health-poll", &Config::health_poll)},
+      {"healthy-within", "DURATION", "5m", "an instance is healthy while its last handshake is younger than this",
+       DurationFlag("healthy-within", &Config::healthy_within)},
       {"workers", "N", "online CPUs", "data-plane threads, each with its own io_uring and listeners",
        IntFlag("workers", &Config::workers, 1, 1024)},
       {"hello-timeout", "DURATION", "5s", "time a client has to send its whole ClientHello",
@@ -208,6 +245,9 @@ absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
   }
   if (c.base_domains.empty()) {
     return absl::InvalidArgumentError("at least one --base-domain is required (see --help)");
+  }
+  if (c.admin.rfind("tcp:", 0) == 0 && c.admin_token_file.empty()) {
+    return absl::InvalidArgumentError("--admin=" + c.admin + " needs --admin-token-file (a TCP admin API is never open)");
   }
   return c;
 }

@@ -28,6 +28,18 @@ struct Config {
   std::vector<ListenAddress> listen;
   std::vector<std::string> base_domains;
   std::string state_file = "/var/lib/cvmgate/state.json";
+  std::string wg_pool = "10.0.0.0/8";    // CVM tunnel addresses are allocated from here
+  std::string wg_address = "10.0.0.1";   // the gateway's own tunnel address, never allocated
+  std::string admin = "unix:/run/cvmgate/admin.sock";
+  std::string admin_token_file;  // required for a tcp: admin address
+  std::string wg_interface;      // empty: no WireGuard (static instances only)
+  std::string wg_backend = "auto";
+  std::string wg_private_key_file;
+  uint16_t wg_listen_port = 51820;
+  std::string wg_endpoint;  // host:port CVMs dial, returned by register
+  bool wg_keep_unknown_peers = false;
+  absl::Duration health_poll = absl::Seconds(10);
+  absl::Duration healthy_within = absl::Minutes(5);
   int workers = 0;  // 0: one per online CPU
   absl::Duration hello_timeout = absl::Seconds(5);
   uint32_t hello_max_bytes = 65536;

@@ -20,30 +20,39 @@ struct Instance {
   std::string id;
   std::string app;
   std::string address;  // as written in the state file
+  bool healthy = true;
   sockaddr_storage addr{};  // port left 0: the port comes from the host name
   socklen_t addr_len = 0;
+};
+
+// What the control plane knows of one instance when it builds a snapshot.
+struct RouteEntry {
+  std::string app;
+  std::string id;
+  std::string address;  // IPv4 or IPv6 literal
+  bool healthy = true;
 };
 
 // Built once, never changed after publication; workers read it without locks.
 class RouteSnapshot {
  public:
-  // The state file format (version 1):
-  //   {"version": 1, "apps": {"<app>": {"instances": [{"id": "<id>", "address": "<ip>"}]}}}
-  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> FromJson(std::string_view text);
-  // A missing file is an empty table (nothing registered yet); an unreadable or
-  // invalid one is an error that names the file.
-  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> FromFile(const std::string& path);
-
+  // Ids are valid lowercase ids and unique (the registry guarantees it); an
+  // address that is not an IP literal is an error.
+  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(const std::vector<RouteEntry>& entries);
+  struct Lookup {
+    bool known = false;                // an instance or app with this id exists
+    std::span<const uint32_t> healthy;  // indexes into instances() that may be picked
+  };
   // `id` is tried as an instance id first (pinning that instance), then as an app id.
-  // Returns the candidate instances (indexes into instances()); empty if unknown.
-  std::span<const uint32_t> Candidates(std::string_view id) const;
+  Lookup Find(std::string_view id) const;
+  std::span<const uint32_t> Candidates(std::string_view id) const { return Find(id).healthy; }
 
   const std::vector<Instance>& instances() const { return instances_; }
   size_t app_count() const { return apps_.size(); }
 
  private:
   std::vector<Instance> instances_;
-  absl::flat_hash_map<std::string, std::vector<uint32_t>> apps_;
+  absl::flat_hash_map<std::string, std::vector<uint32_t>> apps_;  // app -> healthy instances
   absl::flat_hash_map<std::string, uint32_t> by_instance_id_;
   // Candidates() hands out a one-element span for a pinned instance.
   std::vector<uint32_t> self_index_;

@@ -26,6 +26,7 @@ namespace cvmgate {
   X(closed_bad_port, "a port suffix outside 1-65535")                                     \
   X(closed_unknown_domain, "a server name under no --base-domain")                        \
   X(closed_unknown_app, "no app or instance with that id")                                \
+  X(closed_no_healthy_instance, "the app or pinned instance has no healthy instance")     \
   X(closed_terminate_unsupported, "default or g (TLS-terminating) names: not served yet") \
   X(connect_attempts, "connects started toward instances")                                \
   X(connect_failed, "connects that failed (each try counts)")                             \

@@ -412,9 +412,11 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
 // --- connect ---------------------------------------------------------------
 
 void Worker::StartConnect(Conn& c) {
-  std::span<const uint32_t> candidates = snap_->Candidates(c.id);
+  RouteSnapshot::Lookup found = snap_->Find(c.id);
+  std::span<const uint32_t> candidates = found.healthy;
   if (candidates.empty()) {
-    Abort(c, c.tries == 0 ? Counter::closed_unknown_app : Counter::closed_connect_failed);
+    Counter reason = !found.known ? Counter::closed_unknown_app : Counter::closed_no_healthy_instance;
+    Abort(c, c.tries == 0 ? reason : Counter::closed_connect_failed);
     return;
   }
   // Instances already tried are remembered by id hash: indexes do not survive a reload.

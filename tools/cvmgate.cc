@@ -1,20 +1,33 @@
-// cvmgate daemon: parses flags, loads routes, starts one worker per core and handles signals.
+// cvmgate daemon: flags, WireGuard and registry setup, one worker per core, and the control loop
+// (signals, admin API, health polls) on the main thread.
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "control/admin_http.h"
 #include "control/config.h"
-#include "control/routes.h"
+#include "control/control_plane.h"
+#include "control/durable_file.h"
+#include "control/ip_pool.h"
+#include "control/registry.h"
 #include "control/snapshot.h"
+#include "control/wireguard/wireguard.h"
 #include "dataplane/counters.h"
 #include "dataplane/log.h"
 #include "dataplane/strings.h"
@@ -23,10 +36,7 @@
 namespace cvmgate {
 namespace {
 
-struct ControlCounters {
-  uint64_t reload_ok = 0;
-  uint64_t reload_failed = 0;
-};
+using Workers = std::vector<std::unique_ptr<Worker>>;
 
 // Raises the soft descriptor limit to the hard one and sizes the connection
 // table from it: a relay holds 2 sockets; pipes come from per-worker pools.
@@ -39,26 +49,104 @@ uint32_t MaxConnections(const Config& config, int workers) {
   }
   getrlimit(RLIMIT_NOFILE, &rl);
   if (config.max_connections > 0) return config.max_connections;
-  uint64_t reserve = 64 + uint64_t(workers) * (64 * 2 + 16);  // idle pipe pools, listeners, rings
+  uint64_t reserve = 64 + uint64_t(workers) * (16 * 2 + 16);  // idle pipe pools, listeners, rings
   uint64_t fds = rl.rlim_cur > reserve + 2 ? rl.rlim_cur - reserve : 2;
   return static_cast<uint32_t>(std::min<uint64_t>(fds / 2, 1u << 22));
 }
 
-void PrintCounters(const std::vector<std::unique_ptr<Worker>>& workers, const ControlCounters& control,
-                   const SnapshotDomain& domain) {
-  std::string out = "cvmgate: counters begin\n";
-  for (size_t i = 0; i < kCounterCount; ++i) {
-    uint64_t sum = 0;
-    for (auto& w : workers) sum += w->counters().Get(static_cast<Counter>(i));
-    absl::StrAppend(&out, AbslView(kCounterInfo[i].name), " ", sum, "\n");
-  }
+uint64_t Sum(const Workers& workers, size_t counter) {
+  uint64_t sum = 0;
+  for (auto& w : workers) sum += w->counters().Get(static_cast<Counter>(counter));
+  return sum;
+}
+
+uint64_t Live(const Workers& workers) {
   uint64_t live = 0;
   for (auto& w : workers) live += w->live_connections();
+  return live;
+}
+
+struct ReloadCounters {
+  uint64_t ok = 0;
+  uint64_t failed = 0;
+};
+
+void PrintCounters(const Workers& workers, const ReloadCounters& reloads, const SnapshotDomain& domain) {
+  std::string out = "cvmgate: counters begin\n";
+  for (size_t i = 0; i < kCounterCount; ++i) absl::StrAppend(&out, AbslView(kCounterInfo[i].name), " ", Sum(workers, i), "\n");
   const RouteSnapshot* snap = domain.current();
-  absl::StrAppend(&out, "reload_ok ", control.reload_ok, "\n", "reload_failed ", control.reload_failed, "\n",
-                  "live_connections ", live, "\n", "apps ", snap->app_count(), "\n", "instances ",
-                  snap->instances().size(), "\n", "cvmgate: counters end\n");
+  absl::StrAppend(&out, "reload_ok ", reloads.ok, "\n", "reload_failed ", reloads.failed, "\n", "live_connections ",
+                  Live(workers), "\n", "apps ", snap->app_count(), "\n", "instances ", snap->instances().size(), "\n",
+                  "cvmgate: counters end\n");
   (void)!write(STDERR_FILENO, out.data(), out.size());
+}
+
+std::string WorkerMetrics(const Workers& workers, const ReloadCounters& reloads) {
+  std::string out;
+  for (size_t i = 0; i < kCounterCount; ++i) {
+    std::string name = absl::StrCat("cvmgate_", AbslView(kCounterInfo[i].name), "_total");
+    absl::StrAppend(&out, "# HELP ", name, " ", AbslView(kCounterInfo[i].help), "\n# TYPE ", name, " counter\n", name,
+                    " ", Sum(workers, i), "\n");
+  }
+  absl::StrAppend(&out, "# HELP cvmgate_live_connections connections held now\n# TYPE cvmgate_live_connections gauge\n",
+                  "cvmgate_live_connections ", Live(workers), "\n",
+                  "# HELP cvmgate_reload_ok_total state reloads that took effect\n# TYPE cvmgate_reload_ok_total counter\n",
+                  "cvmgate_reload_ok_total ", reloads.ok, "\n",
+                  "# HELP cvmgate_reload_failed_total state reloads refused\n# TYPE cvmgate_reload_failed_total counter\n",
+                  "cvmgate_reload_failed_total ", reloads.failed, "\n");
+  return out;
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
+}
+
+// The gateway's private key: read from the file, or generated and written 0600 when it is missing.
+absl::StatusOr<WgKey> GatewayKey(const std::string& path) {
+  if (access(path.c_str(), F_OK) != 0) {
+    auto key = GeneratePrivateKey();
+    if (!key.ok()) return key.status();
+    if (auto s = WriteFileDurably(path, key->ToBase64() + "\n"); !s.ok()) return s;
+    Log("wireguard: generated a private key in ", path);
+    return key;
+  }
+  auto text = ReadSmallFile(path);
+  if (!text.ok()) return text.status();
+  auto key = WgKey::FromBase64(*text);
+  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", key.status().message()));
+  return key;
+}
+
+absl::StatusOr<std::unique_ptr<WireGuard>> SetUpWireGuard(const Config& config) {
+  std::string prefix = config.wg_pool.substr(config.wg_pool.find('/'));
+  auto backend = EnsureInterface(config.wg_backend, config.wg_interface, config.wg_address + prefix);
+  if (!backend.ok()) return backend.status();
+  auto wg = OpenWireGuard(*backend, config.wg_interface);
+  if (!wg.ok()) return wg.status();
+  auto device = (*wg)->GetDevice();
+  if (!device.ok()) return device.status();
+  if (!config.wg_private_key_file.empty()) {
+    auto key = GatewayKey(config.wg_private_key_file);
+    if (!key.ok()) return key.status();
+    if (auto s = (*wg)->Configure(*key, config.wg_listen_port); !s.ok()) return s;
+  } else if (!device->has_private_key) {
+    return absl::FailedPreconditionError(absl::StrCat("interface ", config.wg_interface,
+                                                      " has no private key: give --wg-private-key-file"));
+  }
+  device = (*wg)->GetDevice();
+  if (!device.ok()) return device.status();
+  Log("wireguard: interface ", config.wg_interface, " via ", (*wg)->backend(), ", public key ",
+      device->public_key.ToBase64(), ", port ", device->listen_port, ", ", device->peers.size(), " peers");
+  return wg;
+}
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 int Main(int argc, char** argv) {
@@ -78,25 +166,67 @@ int Main(int argc, char** argv) {
     return 0;
   }
   int workers = config.workers > 0 ? config.workers : std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN));
-  auto snapshot = RouteSnapshot::FromFile(config.state_file);
-  if (!snapshot.ok()) {
-    Log(snapshot.status().message());
+  auto ip_pool = IpPool::Create(config.wg_pool, config.wg_address);
+  if (!ip_pool.ok()) {
+    Log(ip_pool.status().message());
+    return 2;
+  }
+  auto admin_address = ParseAdminAddress(config.admin);
+  if (!admin_address.ok()) {
+    Log(admin_address.status().message());
+    return 2;
+  }
+  std::string token;
+  if (!config.admin_token_file.empty()) {
+    auto t = ReadSmallFile(config.admin_token_file);
+    if (!t.ok() || t->empty()) {
+      Log("--admin-token-file ", config.admin_token_file, ": ", t.ok() ? "empty" : t.status().message());
+      return 2;
+    }
+    token = *t;
+  }
+  Registry registry(*std::move(ip_pool), config.state_file);
+  if (auto s = registry.Load(); !s.ok()) {
+    Log(s.message());
     return 1;
   }
-  Log("routes: ", (*snapshot)->app_count(), " apps, ", (*snapshot)->instances().size(), " instances from ",
-      config.state_file);
+  std::unique_ptr<WireGuard> wg;
+  if (!config.wg_interface.empty()) {
+    auto w = SetUpWireGuard(config);
+    if (!w.ok()) {
+      Log("wireguard: ", w.status().message());
+      return 1;
+    }
+    wg = *std::move(w);
+  }
 
-  // Signals are taken by this thread alone, with sigtimedwait; workers never see them.
+  // Signals are taken by this thread alone, through a signalfd; workers never see them.
   sigset_t signals;
   sigemptyset(&signals);
   for (int s : {SIGHUP, SIGUSR1, SIGTERM, SIGINT}) sigaddset(&signals, s);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // splice to a reset socket raises SIGPIPE; the relay sees EPIPE
+  int sigfd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
 
   uint32_t max_conns = MaxConnections(config, workers);
   uint32_t per_worker = (max_conns + workers - 1) / workers;
-  SnapshotDomain domain(workers, *std::move(snapshot));
-  std::vector<std::unique_ptr<Worker>> pool;
+  auto empty = RouteSnapshot::Build({});
+  SnapshotDomain domain(workers, *std::move(empty));
+  Workers pool;
+  ReloadCounters reloads;
+  RealClock clock;
+  ControlOptions options{config.healthy_within, config.base_domains, config.wg_endpoint, config.wg_keep_unknown_peers};
+  ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
+  if (auto s = control.Poll(); !s.ok()) Log(s.message());
+  Log("routes: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(), " instances from ",
+      config.state_file);
+
+  auto admin = AdminServer::Listen(*admin_address, token,
+                                   [&control](const HttpRequest& r) { return control.Handle(r); });
+  if (!admin.ok()) {
+    Log(admin.status().message());
+    return 1;
+  }
   for (int i = 0; i < workers; ++i) {
     pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
     if (auto s = pool.back()->Init(config.listen); !s.ok()) {
@@ -108,38 +238,48 @@ int Main(int argc, char** argv) {
   for (auto& w : pool) threads.emplace_back([&w] { w->Run(); });
   std::vector<std::string> addrs;
   for (auto& l : config.listen) addrs.push_back(l.text);
+  Log("admin API on ", (*admin)->address().text);
   Log("ready, listening on ", absl::StrJoin(addrs, " "), " (", workers, " workers, splice-mode ",
       SpliceModeName(config.splice_mode), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
-  ControlCounters control;
-  for (;;) {
-    timespec tick{1, 0};
-    int sig = sigtimedwait(&signals, nullptr, &tick);
+  const int64_t poll_every_ms = absl::ToInt64Milliseconds(config.health_poll);
+  int64_t next_poll = NowMs() + poll_every_ms;
+  for (bool running = true; running;) {
+    std::vector<pollfd> fds = {{sigfd, POLLIN, 0}};
+    (*admin)->AppendPollFds(fds);
+    int64_t wait = std::clamp<int64_t>(next_poll - NowMs(), 0, 1000);
+    poll(fds.data(), fds.size(), static_cast<int>(wait));
+    int64_t now = NowMs();
     domain.Reclaim();
-    if (sig == SIGHUP) {
-      auto next = RouteSnapshot::FromFile(config.state_file);
-      if (next.ok()) {
-        Log("reload ok: ", (*next)->app_count(), " apps, ", (*next)->instances().size(), " instances");
-        domain.Publish(*std::move(next));
-        ++control.reload_ok;
+    (*admin)->OnReady(fds, now);
+    if (now >= next_poll) {
+      if (auto s = control.Poll(); !s.ok()) Log(s.message());
+      next_poll = now + poll_every_ms;
+    }
+    signalfd_siginfo si;
+    while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+      if (si.ssi_signo == SIGHUP) {
+        if (auto s = control.Reload(); s.ok()) {
+          Log("reload ok: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(),
+              " instances");
+          ++reloads.ok;
+        } else {
+          Log("reload failed, keeping the old routes: ", s.message());
+          ++reloads.failed;
+        }
+      } else if (si.ssi_signo == SIGUSR1) {
+        PrintCounters(pool, reloads, domain);
       } else {
-        Log("reload failed, keeping the old routes: ", next.status().message());
-        ++control.reload_failed;
+        Log("stopping: no new connections; draining ", Live(pool), " live for up to ",
+            absl::FormatDuration(config.drain_timeout));
+        running = false;
       }
-    } else if (sig == SIGUSR1) {
-      PrintCounters(pool, control, domain);
-    } else if (sig == SIGTERM || sig == SIGINT) {
-      uint64_t live = 0;
-      for (auto& w : pool) live += w->live_connections();
-      Log("stopping: no new connections; draining ", live, " live for up to ",
-          absl::FormatDuration(config.drain_timeout));
-      break;
     }
   }
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
-  PrintCounters(pool, control, domain);
+  PrintCounters(pool, reloads, domain);
   Log("stopped");
   return 0;
 }

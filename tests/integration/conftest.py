@@ -31,6 +31,14 @@ def cvmgate_bin():
 
 
 @pytest.fixture(scope="session")
+def ctl_bin(cvmgate_bin):
+    path = os.environ.get("CVMGATECTL_BIN") or os.path.join(os.path.dirname(cvmgate_bin), "cvmgatectl")
+    if not os.access(path, os.X_OK):
+        pytest.fail("cvmgatectl not found at %s (set CVMGATECTL_BIN)" % path, pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tls_cert(tmp_path_factory):
     """(cert.pem, key.pem, DER bytes) of the backends' self-signed certificate."""
     return peers.make_cert(str(tmp_path_factory.mktemp("cert")))

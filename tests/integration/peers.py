@@ -584,7 +584,7 @@ class Gateway:
     COUNTERS_END = "cvmgate: counters end"
 
     def __init__(self, binary, workdir, state=None, listen=None, base_domains=("example.test",),
-                 workers=2, args=()):
+                 workers=2, args=(), netns=None):
         self.binary = binary
         self.workdir = workdir
         self.state_path = os.path.join(workdir, "state.json")
@@ -593,6 +593,7 @@ class Gateway:
         self.base_domains = list(base_domains)
         self.workers = workers
         self.args = list(args)
+        self.netns = netns  # run inside this network namespace (ip netns exec)
         self.proc = None
         self.lines = []
         self.snapshots = []
@@ -618,12 +619,13 @@ class Gateway:
     # -- process
 
     def command(self):
-        cmd = [self.binary]
+        cmd = ["ip", "netns", "exec", self.netns, self.binary] if self.netns else [self.binary]
         for listen in self.listen:
             cmd += ["--listen", listen]
         for d in self.base_domains:
             cmd += ["--base-domain", d]
-        cmd += ["--state", self.state_path, "--workers", str(self.workers)]
+        cmd += ["--state", self.state_path, "--workers", str(self.workers),
+                "--admin", "unix:" + os.path.join(self.workdir, "admin.sock")]
         return cmd + self.args
 
     def write_state(self, state):

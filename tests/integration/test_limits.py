@@ -97,7 +97,8 @@ def _fds(pid):
 
 
 def test_refused_and_finished_connections_leave_no_descriptor_behind(make_gateway, backends):
-    gw = make_gateway(args=["--hello-timeout", "1s"])
+    # One worker, so the one pipe pool warmed up below is the only one.
+    gw = make_gateway(workers=1, args=["--hello-timeout", "1s"])
     pid = gw.proc.pid
     # One relay first, so the worker's pipe pool is warm and counted in the baseline.
     c, _ = open_relay(gw, backends)

@@ -1,0 +1,313 @@
+// Control plane: peer reconciliation, health, snapshot publication and the admin API endpoints.
+#include "control/control_plane.h"
+
+#include <arpa/inet.h>
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "dataplane/host_name.h"
+#include "dataplane/log.h"
+#include "nlohmann/json.hpp"
+
+namespace cvmgate {
+namespace {
+
+using nlohmann::json;
+
+HttpResponse Json(int status, const json& body) { return {status, "application/json", body.dump(1) + "\n"}; }
+
+HttpResponse Error(const absl::Status& s) {
+  int status = 500;
+  switch (s.code()) {
+    case absl::StatusCode::kInvalidArgument: status = 400; break;
+    case absl::StatusCode::kNotFound: status = 404; break;
+    case absl::StatusCode::kAlreadyExists: status = 409; break;
+    case absl::StatusCode::kResourceExhausted: status = 507; break;
+    case absl::StatusCode::kFailedPrecondition: status = 503; break;
+    default: break;
+  }
+  return Json(status, {{"error", std::string(s.message())}});
+}
+
+std::string Field(const json& body, const char* name) {
+  auto it = body.find(name);
+  return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+}  // namespace
+
+bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time now, absl::Duration within) {
+  if (reg.is_static()) return true;
+  if (last_handshake_sec <= 0) return false;
+  return now - absl::FromUnixSeconds(last_handshake_sec) < within;
+}
+
+ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, WireGuard* wg,
+                           Clock& clock, std::function<std::string()> worker_metrics)
+    : options_(std::move(options)),
+      registry_(registry),
+      domain_(domain),
+      wg_(wg),
+      clock_(clock),
+      worker_metrics_(std::move(worker_metrics)) {}
+
+int64_t ControlPlane::LastHandshake(const Registration& reg) const {
+  if (!reg.key) return 0;
+  auto it = handshakes_.find(reg.key->ToBase64());
+  return it == handshakes_.end() ? 0 : it->second;
+}
+
+absl::Status ControlPlane::Publish() {
+  absl::Time now = clock_.Now();
+  std::vector<RouteEntry> entries;
+  std::vector<bool> health;
+  entries.reserve(registry_.instances().size());
+  size_t healthy = 0;
+  for (const auto& [id, reg] : registry_.instances()) {
+    bool up = IsHealthy(reg, LastHandshake(reg), now, options_.healthy_within);
+    healthy += up;
+    health.push_back(up);
+    entries.push_back({reg.app, reg.id, reg.address, up});
+  }
+  // Workers only see a new snapshot when routing really changed.
+  if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
+    return absl::OkStatus();
+  }
+  auto snap = RouteSnapshot::Build(entries);
+  if (!snap.ok()) return snap.status();
+  domain_.Publish(*std::move(snap));
+  published_health_ = std::move(health);
+  published_version_ = registry_version_;
+  published_once_ = true;
+  healthy_count_ = healthy;
+  ++publishes_;
+  return absl::OkStatus();
+}
+
+absl::Status ControlPlane::Poll() {
+  if (wg_ != nullptr) {
+    auto started = std::chrono::steady_clock::now();
+    auto device = wg_->GetDevice();
+    last_poll_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    last_poll_unix_ = absl::ToUnixSeconds(clock_.Now());
+    ++polls_;
+    if (!device.ok()) {
+      ++poll_errors_;
+      // Keep the last known handshakes: an unreadable device must not flip every instance to unhealthy at once.
+      return absl::Status(device.status().code(), absl::StrCat("health poll: ", device.status().message()));
+    }
+    if (device->has_private_key) gateway_public_key_ = device->public_key.ToBase64();
+    absl::flat_hash_map<std::string, const WgPeer*> present;
+    handshakes_.clear();
+    for (const WgPeer& p : device->peers) {
+      std::string key = p.public_key.ToBase64();
+      handshakes_[key] = p.last_handshake_sec;
+      present[key] = &p;
+    }
+    absl::flat_hash_map<std::string, int> wanted;
+    for (const auto& [id, reg] : registry_.instances()) {
+      if (!reg.key) continue;
+      std::string key = reg.key->ToBase64();
+      wanted[key] = 1;
+      std::string allowed = absl::StrCat(reg.address, "/32");
+      auto it = present.find(key);
+      if (it == present.end() || it->second->allowed_ips != std::vector<std::string>{allowed}) {
+        in_addr ip{};
+        inet_pton(AF_INET, reg.address.c_str(), &ip);
+        if (auto s = wg_->SetPeer(*reg.key, ip); !s.ok()) {
+          ++peer_errors_;
+          Log("cannot set WireGuard peer of instance ", reg.id, ": ", s.message());
+        }
+      }
+    }
+    for (const auto& [key, peer] : present) {
+      if (wanted.contains(key) || options_.keep_unknown_peers) continue;
+      if (auto s = wg_->RemovePeer(peer->public_key); !s.ok()) {
+        ++peer_errors_;
+        Log("cannot remove unknown WireGuard peer ", key, ": ", s.message());
+      }
+    }
+    peer_count_ = wanted.size();
+  }
+  return Publish();
+}
+
+absl::Status ControlPlane::Reload() {
+  if (auto s = registry_.Load(); !s.ok()) return s;
+  ++registry_version_;
+  return Poll();
+}
+
+HttpResponse ControlPlane::Handle(const HttpRequest& req) {
+  if (req.path == "/v1/register") return req.method == "POST" ? Register(req) : Json(405, {{"error", "use POST"}});
+  if (req.path == "/v1/deregister") {
+    return req.method == "POST" ? Deregister(req) : Json(405, {{"error", "use POST"}});
+  }
+  if (req.path == "/v1/list") return req.method == "GET" ? List() : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/explain") return req.method == "GET" ? Explain(req) : Json(405, {{"error", "use GET"}});
+  if (req.path == "/metrics") return req.method == "GET" ? Metrics() : Json(405, {{"error", "use GET"}});
+  return Json(404, {{"error", absl::StrCat("no endpoint ", req.path,
+                                           " (have /v1/register, /v1/deregister, /v1/list, /v1/explain, /metrics)")}});
+}
+
+HttpResponse ControlPlane::Register(const HttpRequest& req) {
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return Error(absl::InvalidArgumentError("the body must be a JSON object"));
+  std::string app = Field(body, "app");
+  std::string id = Field(body, "instance");
+  std::string key = Field(body, "public_key");
+  std::string address = Field(body, "address");
+  if (app.empty() || id.empty() || key.empty() == address.empty()) {
+    return Error(absl::InvalidArgumentError(
+        "give 'app', 'instance' and either 'public_key' (a CVM) or 'address' (a static instance)"));
+  }
+  if (!key.empty() && wg_ == nullptr) {
+    return Error(absl::FailedPreconditionError("no WireGuard interface is configured (--wg-interface)"));
+  }
+  auto out = key.empty() ? registry_.RegisterStatic(app, id, address) : registry_.Register(app, id, key);
+  if (!out.ok()) return Error(out.status());
+  if (out->changed) {
+    ++registry_version_;
+    Log("registered instance ", out->reg.id, " of app ", out->reg.app, " at ", out->reg.address,
+        out->reg.is_static() ? " (static)" : "");
+  }
+  if (wg_ != nullptr && out->reg.key) {
+    if (out->replaced_key) {
+      if (auto s = wg_->RemovePeer(*out->replaced_key); !s.ok()) ++peer_errors_;
+    }
+    in_addr ip{};
+    inet_pton(AF_INET, out->reg.address.c_str(), &ip);
+    if (auto s = wg_->SetPeer(*out->reg.key, ip); !s.ok()) {
+      ++peer_errors_;
+      return Error(absl::InternalError(
+          absl::StrCat("registered, but the WireGuard peer could not be set (retried on the next poll): ", s.message())));
+    }
+  }
+  if (auto s = Publish(); !s.ok()) return Error(s);
+  json reply = {{"app", out->reg.app},
+                {"instance", out->reg.id},
+                {"ip", out->reg.address},
+                {"static", out->reg.is_static()},
+                {"changed", out->changed},
+                {"base_domains", options_.base_domains}};
+  if (!out->reg.is_static()) {
+    reply["gateway_public_key"] = gateway_public_key_;
+    reply["gateway_endpoint"] = options_.gateway_endpoint;
+    reply["gateway_ip"] = IpText(registry_.pool().gateway());
+  }
+  return Json(200, reply);
+}
+
+HttpResponse ControlPlane::Deregister(const HttpRequest& req) {
+  json body = json::parse(req.body, nullptr, false);
+  std::string id = body.is_object() ? Field(body, "instance") : "";
+  if (id.empty()) return Error(absl::InvalidArgumentError("give 'instance'"));
+  auto removed = registry_.Deregister(id);
+  if (!removed.ok()) return Error(removed.status());
+  ++registry_version_;
+  Log("deregistered instance ", removed->id, " of app ", removed->app);
+  if (wg_ != nullptr && removed->key) {
+    if (auto s = wg_->RemovePeer(*removed->key); !s.ok()) ++peer_errors_;
+    handshakes_.erase(removed->key->ToBase64());
+  }
+  if (auto s = Publish(); !s.ok()) return Error(s);
+  return Json(200, {{"instance", removed->id}, {"app", removed->app}, {"removed", true}});
+}
+
+HttpResponse ControlPlane::List() {
+  absl::Time now = clock_.Now();
+  json instances = json::array();
+  for (const auto& [id, reg] : registry_.instances()) {
+    int64_t hs = LastHandshake(reg);
+    json i = {{"app", reg.app},
+              {"instance", reg.id},
+              {"ip", reg.address},
+              {"static", reg.is_static()},
+              {"healthy", IsHealthy(reg, hs, now, options_.healthy_within)}};
+    if (reg.key) {
+      i["public_key"] = reg.key->ToBase64();
+      i["last_handshake"] = hs;
+      i["last_handshake_age_s"] = hs > 0 ? json(absl::ToInt64Seconds(now - absl::FromUnixSeconds(hs))) : json(nullptr);
+    }
+    instances.push_back(i);
+  }
+  return Json(200, {{"instances", instances},
+                    {"healthy_within_s", absl::ToInt64Seconds(options_.healthy_within)},
+                    {"wireguard", wg_ ? std::string(wg_->backend()) : std::string("none")}});
+}
+
+HttpResponse ControlPlane::Explain(const HttpRequest& req) {
+  auto host = req.query.find("host");
+  if (host == req.query.end() || host->second.empty()) {
+    return Error(absl::InvalidArgumentError("give the host name as ?host=NAME"));
+  }
+  NameResult name = ParseHostName(host->second, options_.base_domains);
+  json out = {{"host", host->second}};
+  if (name.status != NameStatus::kOk) {
+    out["verdict"] = absl::StrCat("refused: ", std::string(NameStatusName(name.status)),
+                                  name.status == NameStatus::kUnknownDomain ? " (not under any --base-domain)" : "");
+    out["routable"] = false;
+    return Json(200, out);
+  }
+  out["id"] = name.target.id;
+  out["port"] = name.target.port;
+  out["mode"] = std::string(ModeName(name.target.mode));
+  out["base_domain"] = options_.base_domains[name.target.base_domain];
+  absl::Time now = clock_.Now();
+  json candidates = json::array();
+  const auto& all = registry_.instances();
+  bool pinned = all.contains(name.target.id);
+  size_t healthy = 0;
+  for (const auto& [id, reg] : all) {
+    if (pinned ? id != name.target.id : reg.app != name.target.id) continue;
+    int64_t hs = LastHandshake(reg);
+    bool up = IsHealthy(reg, hs, now, options_.healthy_within);
+    healthy += up;
+    candidates.push_back({{"instance", reg.id},
+                          {"address", absl::StrCat(reg.address, ":", name.target.port)},
+                          {"healthy", up},
+                          {"static", reg.is_static()}});
+  }
+  out["pinned"] = pinned;
+  out["candidates"] = candidates;
+  if (name.target.mode != Mode::kPassthrough) {
+    out["verdict"] = "refused: TLS termination (default and g modes) is not served yet";
+    out["routable"] = false;
+  } else if (candidates.empty()) {
+    out["verdict"] = absl::StrCat("refused: no app or instance '", name.target.id, "'");
+    out["routable"] = false;
+  } else if (healthy == 0) {
+    out["verdict"] = "refused: no healthy instance";
+    out["routable"] = false;
+  } else {
+    out["verdict"] = pinned ? "passthrough to the pinned instance"
+                            : absl::StrCat("passthrough to one of ", healthy, " healthy instances, chosen at random");
+    out["routable"] = true;
+  }
+  return Json(200, out);
+}
+
+HttpResponse ControlPlane::Metrics() {
+  std::string out = worker_metrics_ ? worker_metrics_() : "";
+  auto gauge = [&](const char* name, const char* help, double value) {
+    absl::StrAppend(&out, "# HELP cvmgate_", name, " ", help, "\n# TYPE cvmgate_", name, " gauge\ncvmgate_", name, " ",
+                    value, "\n");
+  };
+  auto counter = [&](const char* name, const char* help, double value) {
+    absl::StrAppend(&out, "# HELP cvmgate_", name, " ", help, "\n# TYPE cvmgate_", name, " counter\ncvmgate_",
+                    name, " ", value, "\n");
+  };
+  gauge("instances", "registered instances", registry_.instances().size());
+  gauge("healthy_instances", "instances routable now", healthy_count_);
+  gauge("wireguard_peers", "WireGuard peers the registry wants", peer_count_);
+  gauge("health_poll_duration_seconds", "duration of the last health poll", last_poll_seconds_);
+  gauge("health_poll_last_timestamp_seconds", "unix time of the last health poll", last_poll_unix_);
+  counter("health_polls_total", "health polls run", polls_);
+  counter("health_poll_errors_total", "health polls that could not read the device", poll_errors_);
+  counter("wireguard_peer_errors_total", "peer changes the WireGuard backend refused", peer_errors_);
+  counter("snapshot_publishes_total", "route snapshots published", publishes_);
+  return {200, "text/plain; version=0.0.4", out};
+}
+
+}  // namespace cvmgate

@@ -1,0 +1,92 @@
+// Control plane: registry + WireGuard peers + health, published as route snapshots; serves the admin API.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "control/admin_http.h"
+#include "control/registry.h"
+#include "control/snapshot.h"
+#include "control/wireguard/wireguard.h"
+
+namespace cvmgate {
+
+// Time for health decisions; tests inject a fake one.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual absl::Time Now() = 0;
+};
+class RealClock : public Clock {
+ public:
+  absl::Time Now() override { return absl::Now(); }
+};
+
+// Healthy = a WireGuard handshake younger than `within`; static instances always are.
+bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time now, absl::Duration within);
+
+struct ControlOptions {
+  absl::Duration healthy_within = absl::Minutes(5);
+  std::vector<std::string> base_domains;
+  std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
+  bool keep_unknown_peers = false;
+};
+
+class ControlPlane {
+ public:
+  // `wg` may be null: then only static instances can be registered.
+  // `worker_metrics` returns the data plane's counters as Prometheus text.
+  ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, WireGuard* wg, Clock& clock,
+               std::function<std::string()> worker_metrics);
+
+  // Reads the peers and their handshakes, makes the WireGuard peers match the
+  // registry (adds missing ones, fixes allowed-ips, removes unknown ones unless
+  // told to keep them) and publishes a snapshot when routing changed.
+  absl::Status Poll();
+  // Builds and publishes a snapshot when routing changed.
+  absl::Status Publish();
+  // Reloads the state file (SIGHUP); on error the old registry stays in force.
+  absl::Status Reload();
+
+  HttpResponse Handle(const HttpRequest& request);
+
+  uint64_t publishes() const { return publishes_; }
+  size_t healthy_count() const { return healthy_count_; }
+
+ private:
+  HttpResponse Register(const HttpRequest& request);
+  HttpResponse Deregister(const HttpRequest& request);
+  HttpResponse List();
+  HttpResponse Explain(const HttpRequest& request);
+  HttpResponse Metrics();
+  int64_t LastHandshake(const Registration& reg) const;
+
+  ControlOptions options_;
+  Registry& registry_;
+  SnapshotDomain& domain_;
+  WireGuard* wg_;
+  Clock& clock_;
+  std::function<std::string()> worker_metrics_;
+  absl::flat_hash_map<std::string, int64_t> handshakes_;  // peer key (base64) -> last handshake, unix s
+  std::vector<bool> published_health_;
+  bool published_once_ = false;
+  uint64_t registry_version_ = 0;
+  uint64_t published_version_ = UINT64_MAX;
+  uint64_t publishes_ = 0;
+  size_t healthy_count_ = 0;
+  size_t peer_count_ = 0;
+  uint64_t polls_ = 0;
+  uint64_t poll_errors_ = 0;
+  uint64_t peer_errors_ = 0;
+  double last_poll_seconds_ = 0;
+  int64_t last_poll_unix_ = 0;
+  std::string gateway_public_key_;
+};
+
+}  // namespace cvmgate

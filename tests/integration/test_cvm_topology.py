@@ -1,0 +1,209 @@
+"""End-to-end CVM topology on this host: a gateway and two CVMs in network namespaces, each CVM with
+its own wireguard-go interface and key, registered through cvmgatectl and reached over its tunnel."""
+
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import peers
+from peers import TlsClient, sni_name
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+GW_UNDERLAY = {"cvm1": ("192.0.2.1", "192.0.2.2"), "cvm2": ("192.0.2.5", "192.0.2.6")}
+WG_PORT = 51820
+# Long enough to cover one phase of traffic after a handshake; the kernel suite's
+# emulated CPU makes every TLS handshake through two tunnels far slower.
+HEALTHY_WITHIN_S = 20 if os.environ.get("CVMGATE_TEST_WG") == "kernel" else 4
+SERVICE_PORT = 8443
+
+# "uapi": wireguard-go on both sides (this host); "kernel": kernel WireGuard over netlink (the kernel suite).
+WG_KIND = os.environ.get("CVMGATE_TEST_WG", "uapi")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wg") is None or (WG_KIND == "uapi" and shutil.which("wireguard-go") is None),
+    reason="wg and wireguard-go are needed (tools/setup installs them)")
+
+
+@contextlib.contextmanager
+def in_netns(name):
+    """Run the body on this thread inside network namespace `name` (sockets made there stay there)."""
+    with open("/proc/self/ns/net") as home, open("/run/netns/" + name) as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns " + name)
+        try:
+            yield
+        finally:
+            _libc.setns(home.fileno(), CLONE_NEWNET)
+
+
+def sh(*args, check=True, env=None):
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=30, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError("%s -> %d: %s%s" % (" ".join(args), p.returncode, p.stdout, p.stderr))
+    return p.stdout.strip()
+
+
+class Topology:
+    """Namespaces gw-<tag>, cvm1-<tag>, cvm2-<tag>; veth underlay on TEST-NET-1; tunnels in 10.0.0.0/8."""
+
+    def __init__(self, tmp_path):
+        self.tag = "%x" % (os.getpid() & 0xfffff)
+        self.tmp = tmp_path
+        self.gw = "cvmgw-" + self.tag
+        self.cvms = {c: "%s-%s" % (c, self.tag) for c in ("cvm1", "cvm2")}
+        self.gw_if = "wgg" + self.tag  # wireguard-go's socket path is not namespaced: names differ
+        self.cvm_if = {c: "wg%s%s" % (c[-1], self.tag) for c in self.cvms}
+        self.keys = {}
+        self.wg_pids = []
+        sh("ip", "netns", "add", self.gw)
+        sh("ip", "-n", self.gw, "link", "set", "lo", "up")
+        for cvm, ns in self.cvms.items():
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            gw_ip, cvm_ip = GW_UNDERLAY[cvm]
+            veth = "v%s%s" % (cvm[-1], self.tag)
+            sh("ip", "link", "add", veth, "netns", self.gw, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", self.gw, "addr", "add", gw_ip + "/30", "dev", veth)
+            sh("ip", "-n", self.gw, "link", "set", veth, "up")
+            sh("ip", "-n", ns, "addr", "add", cvm_ip + "/30", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            private = sh("wg", "genkey")
+            (tmp_path / (cvm + ".key")).write_text(private + "\n")
+            self.keys[cvm] = sh("sh", "-c", "echo %s | wg pubkey" % private)
+
+    def start_cvm_wireguard(self, cvm, gateway_public_key, tunnel_ip):
+        ns, ifname = self.cvms[cvm], self.cvm_if[cvm]
+        if WG_KIND == "kernel":
+            sh("ip", "-n", ns, "link", "add", ifname, "type", "wireguard")
+        else:
+            env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1")
+            sh("ip", "netns", "exec", ns, "wireguard-go", ifname, env=env)
+        sh("ip", "netns", "exec", ns, "wg", "set", ifname, "private-key", str(self.tmp / (cvm + ".key")),
+           "peer", gateway_public_key, "endpoint", "%s:%d" % (GW_UNDERLAY[cvm][0], WG_PORT),
+           "allowed-ips", "10.0.0.1/32", "persistent-keepalive", "1")
+        sh("ip", "-n", ns, "addr", "add", tunnel_ip + "/32", "dev", ifname)
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+        sh("ip", "-n", ns, "route", "add", "10.0.0.1/32", "dev", ifname)
+
+    def stop_cvm_wireguard(self, cvm):
+        if WG_KIND == "kernel":
+            sh("ip", "-n", self.cvms[cvm], "link", "del", self.cvm_if[cvm])
+            return
+        sh("pkill", "-f", "wireguard-go %s" % self.cvm_if[cvm], check=False)
+        peers.wait_until(lambda: not os.path.exists("/var/run/wireguard/%s.sock" % self.cvm_if[cvm]), 10,
+                         "wireguard-go of %s to exit" % cvm)
+
+    def refresh_handshake(self, cvm, gateway_public_key):
+        """Drop and re-add the CVM's peer, so its next packet makes a fresh handshake."""
+        ns, ifname = self.cvms[cvm], self.cvm_if[cvm]
+        sh("ip", "netns", "exec", ns, "wg", "set", ifname, "peer", gateway_public_key, "remove")
+        sh("ip", "netns", "exec", ns, "wg", "set", ifname, "peer", gateway_public_key, "endpoint",
+           "%s:%d" % (GW_UNDERLAY[cvm][0], WG_PORT), "allowed-ips", "10.0.0.1/32", "persistent-keepalive", "1")
+
+    def close(self):
+        for ifname in [self.gw_if] + list(self.cvm_if.values()):
+            subprocess.run(["pkill", "-f", "wireguard-go %s" % ifname], capture_output=True)
+        for ns in [self.gw] + list(self.cvms.values()):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def topo(tmp_path):
+    t = Topology(tmp_path)
+    yield t
+    t.close()
+
+
+def ctl_json(ctl_bin, gw, *args):
+    p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock"), "--json"] + list(args),
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return json.loads(p.stdout)
+
+
+def health(ctl_bin, gw):
+    return {i["instance"]: i["healthy"] for i in ctl_json(ctl_bin, gw, "list")["instances"]}
+
+
+def start_gateway(make_gateway, topo, extra=()):
+    return make_gateway(state={"version": 1}, netns=topo.gw, args=[
+        "--wg-interface", topo.gw_if, "--wg-backend", "netlink" if WG_KIND == "kernel" else "uapi",
+        "--wg-private-key-file", str(topo.tmp / "gateway.key"), "--wg-listen-port", str(WG_PORT),
+        "--wg-endpoint", "192.0.2.1:%d" % WG_PORT, "--health-poll", "300ms", "--healthy-within", "%ds" % HEALTHY_WITHIN_S] + list(extra))
+
+
+def through_gateway(gw, topo, ident, payload=b"ping"):
+    with in_netns(topo.gw):
+        c = TlsClient(gw.addr, sni_name(ident, SERVICE_PORT), timeout=30)
+        c.connect()
+    try:
+        c.send_hello()
+        c.finish_handshake()
+        banner = c.read_banner()
+        ex = c.exchange(payload)
+    except peers.PeerError as e:
+        raise AssertionError("%s; gateway counters: %s" % (e, {k: v for k, v in gw.counters().items() if v}))
+    finally:
+        c.close()
+    assert ex.echoed == payload, ex
+    return banner[len("instance="):]
+
+
+def test_cvms_over_wireguard_health_and_deregistration(make_gateway, ctl_bin, topo, tls_cert):
+    gw = start_gateway(make_gateway, topo)
+    servers = {}
+    gateway_key = None
+    for cvm in ("cvm1", "cvm2"):
+        reply = ctl_json(ctl_bin, gw, "register", "--app", "app", "--instance", cvm, "--public-key", topo.keys[cvm])
+        gateway_key = reply["gateway_public_key"]
+        assert reply["gateway_endpoint"] == "192.0.2.1:%d" % WG_PORT and reply["gateway_ip"] == "10.0.0.1", reply
+        topo.start_cvm_wireguard(cvm, gateway_key, reply["ip"])
+        with in_netns(topo.cvms[cvm]):
+            servers[cvm] = peers.Backend(reply["ip"], SERVICE_PORT, cvm, tls_cert[0], tls_cert[1], "echo")
+    try:
+        peers.wait_until(lambda: health(ctl_bin, gw) == {"cvm1": True, "cvm2": True}, 20, "both CVMs to handshake")
+        # Both CVMs serve the app: 20 random picks miss one with probability 2 * 2^-20.
+        seen = {through_gateway(gw, topo, "app") for _ in range(20)}
+        assert seen == {"cvm1", "cvm2"}, seen
+        assert through_gateway(gw, topo, "cvm2") == "cvm2", "an instance id pins that CVM"
+
+        # cvm2's WireGuard stops: it turns unhealthy and new connections all go to cvm1.
+        topo.stop_cvm_wireguard("cvm2")
+        peers.wait_until(lambda: not health(ctl_bin, gw)["cvm2"], HEALTHY_WITHIN_S + 10, "cvm2 to turn unhealthy")
+        topo.refresh_handshake("cvm1", gateway_key)
+        peers.wait_until(lambda: health(ctl_bin, gw)["cvm1"], 10, "cvm1 to handshake afresh")
+        assert {through_gateway(gw, topo, "app") for _ in range(10)} == {"cvm1"}
+        explained = ctl_json(ctl_bin, gw, "explain", sni_name("cvm2", SERVICE_PORT))
+        assert explained["verdict"] == "refused: no healthy instance", explained
+
+        # Deregistering removes the gateway's WireGuard peer.
+        ctl_json(ctl_bin, gw, "deregister", "--instance", "cvm2")
+        with in_netns(topo.gw):
+            dump = sh("wg", "show", topo.gw_if, "peers")
+        assert topo.keys["cvm2"] not in dump and topo.keys["cvm1"] in dump, dump
+
+        # kill -9 and a restart keep every registration and the tunnel.
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait(10)
+        again = peers.Gateway(gw.binary, gw.workdir, listen=gw.listen, netns=topo.gw, args=gw.args)
+        again.write_state = lambda state: None
+        again.start()
+        try:
+            listed = ctl_json(ctl_bin, again, "list")["instances"]
+            assert [(i["instance"], i["ip"]) for i in listed] == [("cvm1", "10.0.0.2")], listed
+            topo.refresh_handshake("cvm1", gateway_key)
+            peers.wait_until(lambda: health(ctl_bin, again).get("cvm1"), 10, "cvm1 healthy after the restart")
+            assert through_gateway(again, topo, "app") == "cvm1"
+        finally:
+            again.kill()
+    finally:
+        for s in servers.values():
+            s.close()

@@ -1,0 +1,236 @@
+// Unit tests of the control plane: health from handshakes on a fake clock, peer reconciliation,
+// snapshot publication only on change, and the admin API's answers.
+#include "control/control_plane.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "nlohmann/json.hpp"
+
+namespace cvmgate {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kKey1[] = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+constexpr char kKey2[] = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+constexpr char kStray[] = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+
+class FakeClock : public Clock {
+ public:
+  absl::Time Now() override { return now; }
+  absl::Time now = absl::FromUnixSeconds(1'800'000'000);
+};
+
+// Peers live in a map; handshakes are set by the test.
+class FakeWireGuard : public WireGuard {
+ public:
+  std::string_view backend() const override { return "fake"; }
+  absl::StatusOr<WgDevice> GetDevice() override {
+    ++gets;
+    WgDevice d;
+    d.has_private_key = true;
+    for (auto& [k, p] : peers) d.peers.push_back(p);
+    return d;
+  }
+  absl::Status SetPeer(const WgKey& key, const in_addr& ip) override {
+    WgPeer& p = peers[key.ToBase64()];
+    p.public_key = key;
+    char buf[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &ip, buf, sizeof(buf));
+    p.allowed_ips = {std::string(buf) + "/32"};
+    ++sets;
+    return absl::OkStatus();
+  }
+  absl::Status RemovePeer(const WgKey& key) override {
+    peers.erase(key.ToBase64());
+    return absl::OkStatus();
+  }
+  absl::Status Configure(const WgKey&, uint16_t) override { return absl::OkStatus(); }
+  std::map<std::string, WgPeer> peers;
+  int gets = 0;
+  int sets = 0;
+};
+
+class ControlPlaneTest : public ::testing::Test {
+ protected:
+  ControlPlaneTest()
+      : dir_(std::filesystem::temp_directory_path() / ("cvmgate-cp-" + std::to_string(getpid()))),
+        registry_(*IpPool::Create("10.0.0.0/8", "10.0.0.1"), (dir_ / "state.json").string()),
+        domain_(1, *RouteSnapshot::Build({})),
+        control_({absl::Minutes(5), {"example.test"}, "gw.example.test:51820", false}, registry_, domain_, &wg_,
+                 clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
+    std::filesystem::create_directories(dir_);
+  }
+  ~ControlPlaneTest() override { std::filesystem::remove_all(dir_); }
+
+  json Call(const std::string& method, const std::string& path, const json& body = nullptr,
+            std::map<std::string, std::string> query = {}, int want = 200) {
+    HttpRequest r;
+    r.method = method;
+    r.path = path;
+    r.query = std::move(query);
+    if (!body.is_null()) r.body = body.dump();
+    HttpResponse resp = control_.Handle(r);
+    EXPECT_EQ(resp.status, want) << path << ": " << resp.body;
+    return json::parse(resp.body, nullptr, false);
+  }
+  json Register(const std::string& app, const std::string& id, const std::string& key, int want = 200) {
+    return Call("POST", "/v1/register", {{"app", app}, {"instance", id}, {"public_key", key}}, {}, want);
+  }
+  void Handshake(const char* key, absl::Duration ago) {
+    wg_.peers[key].last_handshake_sec = absl::ToUnixSeconds(clock_.now - ago);
+  }
+  size_t Healthy(const std::string& id) { return domain_.current()->Find(id).healthy.size(); }
+
+  std::filesystem::path dir_;
+  FakeClock clock_;
+  FakeWireGuard wg_;
+  Registry registry_;
+  SnapshotDomain domain_;
+  ControlPlane control_;
+};
+
+TEST_F(ControlPlaneTest, RegisterReturnsTheTunnelDetailsAndAddsThePeer) {
+  json r = Register("app", "app-1", kKey1);
+  EXPECT_EQ(r["ip"], "10.0.0.2");
+  EXPECT_EQ(r["gateway_ip"], "10.0.0.1");
+  EXPECT_EQ(r["gateway_endpoint"], "gw.example.test:51820");
+  EXPECT_EQ(r["base_domains"], json::array({"example.test"}));
+  ASSERT_TRUE(wg_.peers.contains(kKey1));
+  EXPECT_EQ(wg_.peers[kKey1].allowed_ips, std::vector<std::string>{"10.0.0.2/32"});
+  EXPECT_TRUE(domain_.current()->Find("app").known);
+  EXPECT_EQ(Healthy("app"), 0u) << "no handshake yet: not routable";
+}
+
+TEST_F(ControlPlaneTest, HealthFollowsTheLatestHandshake) {
+  Register("app", "app-1", kKey1);
+  Register("app", "app-2", kKey2);
+  Handshake(kKey1, absl::Seconds(10));
+  Handshake(kKey2, absl::Minutes(6));
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_EQ(Healthy("app"), 1u);
+  EXPECT_EQ(Healthy("app-1"), 1u);
+  EXPECT_EQ(Healthy("app-2"), 0u);
+  clock_.now += absl::Minutes(5);  // app-1's handshake is now 5 min 10 s old
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_EQ(Healthy("app"), 0u);
+  Handshake(kKey2, absl::Seconds(1));
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_EQ(Healthy("app"), 1u);
+  EXPECT_EQ(domain_.current()->instances()[domain_.current()->Find("app").healthy[0]].id, "app-2");
+}
+
+TEST_F(ControlPlaneTest, SnapshotsArePublishedOnlyWhenRoutingChanges) {
+  Register("app", "app-1", kKey1);
+  Handshake(kKey1, absl::Seconds(1));
+  ASSERT_TRUE(control_.Poll().ok());
+  uint64_t publishes = control_.publishes();
+  for (int i = 0; i < 5; ++i) {
+    clock_.now += absl::Seconds(10);
+    Handshake(kKey1, absl::Seconds(1));
+    ASSERT_TRUE(control_.Poll().ok());
+  }
+  EXPECT_EQ(control_.publishes(), publishes);
+  EXPECT_EQ(domain_.Reclaim(), 0u);
+}
+
+TEST_F(ControlPlaneTest, PollReconcilesPeersWithTheRegistry) {
+  Register("app", "app-1", kKey1);
+  wg_.peers.erase(kKey1);                              // lost, e.g. the interface was recreated
+  wg_.peers[kStray].public_key = *WgKey::FromBase64(kStray);  // unknown to the registry
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_TRUE(wg_.peers.contains(kKey1));
+  EXPECT_FALSE(wg_.peers.contains(kStray));
+}
+
+TEST_F(ControlPlaneTest, DeregisterRemovesPeerAndRoute) {
+  Register("app", "app-1", kKey1);
+  json r = Call("POST", "/v1/deregister", {{"instance", "app-1"}});
+  EXPECT_EQ(r["removed"], true);
+  EXPECT_FALSE(wg_.peers.contains(kKey1));
+  EXPECT_FALSE(domain_.current()->Find("app-1").known);
+  Call("POST", "/v1/deregister", {{"instance", "app-1"}}, {}, 404);
+}
+
+TEST_F(ControlPlaneTest, BadRequestsGetClearErrors) {
+  EXPECT_NE(Register("app", "app-1", "bogus", 400)["error"].get<std::string>().find("public key"), std::string::npos);
+  Register("app", "app-1", kKey1);
+  EXPECT_NE(Register("other", "app-1", kKey2, 409)["error"].get<std::string>().find("belongs to app"),
+            std::string::npos);
+  Call("POST", "/v1/register", json::object(), {}, 400);
+  Call("GET", "/v1/register", nullptr, {}, 405);
+  Call("GET", "/nope", nullptr, {}, 404);
+  Call("GET", "/v1/explain", nullptr, {}, 400);
+}
+
+TEST_F(ControlPlaneTest, ListAndExplain) {
+  Register("app", "app-1", kKey1);
+  Call("POST", "/v1/register", {{"app", "app"}, {"instance", "local"}, {"address", "127.0.0.2"}});
+  Handshake(kKey1, absl::Seconds(30));
+  ASSERT_TRUE(control_.Poll().ok());
+  json list = Call("GET", "/v1/list");
+  ASSERT_EQ(list["instances"].size(), 2u);
+  EXPECT_EQ(list["instances"][0]["instance"], "app-1");
+  EXPECT_EQ(list["instances"][0]["last_handshake_age_s"], 30);
+  EXPECT_EQ(list["instances"][0]["healthy"], true);
+  EXPECT_EQ(list["instances"][1]["static"], true);
+  EXPECT_EQ(list["instances"][1]["healthy"], true);
+
+  json e = Call("GET", "/v1/explain", nullptr, {{"host", "app-8443s.example.test"}});
+  EXPECT_EQ(e["mode"], "passthrough");
+  EXPECT_EQ(e["port"], 8443);
+  EXPECT_EQ(e["candidates"].size(), 2u);
+  EXPECT_EQ(e["routable"], true);
+  EXPECT_NE(e["verdict"].get<std::string>().find("one of 2 healthy"), std::string::npos);
+  json pinned = Call("GET", "/v1/explain", nullptr, {{"host", "local-80s.example.test"}});
+  EXPECT_EQ(pinned["pinned"], true);
+  EXPECT_EQ(pinned["candidates"][0]["address"], "127.0.0.2:80");
+  clock_.now += absl::Minutes(10);
+  json down = Call("GET", "/v1/explain", nullptr, {{"host", "app-1-8443s.example.test"}});
+  EXPECT_EQ(down["verdict"], "refused: no healthy instance");
+  EXPECT_EQ(Call("GET", "/v1/explain", nullptr, {{"host", "x.other.test"}})["routable"], false);
+  EXPECT_NE(Call("GET", "/v1/explain", nullptr, {{"host", "nope-1s.example.test"}})["verdict"].get<std::string>().find(
+                "no app or instance"),
+            std::string::npos);
+}
+
+TEST_F(ControlPlaneTest, MetricsHaveWorkerCountersAndControlGauges) {
+  Register("app", "app-1", kKey1);
+  ASSERT_TRUE(control_.Poll().ok());
+  HttpRequest r;
+  r.method = "GET";
+  r.path = "/metrics";
+  HttpResponse m = control_.Handle(r);
+  EXPECT_EQ(m.status, 200);
+  EXPECT_NE(m.body.find("cvmgate_accepted_total 7"), std::string::npos);
+  EXPECT_NE(m.body.find("# TYPE cvmgate_instances gauge\ncvmgate_instances 1\n"), std::string::npos) << m.body;
+  EXPECT_NE(m.body.find("cvmgate_health_polls_total 1"), std::string::npos);
+  EXPECT_NE(m.body.find("cvmgate_wireguard_peers 1"), std::string::npos);
+}
+
+TEST(AdminHttp, ParsesRequestsAndRefusesBadOnes) {
+  HttpRequest r;
+  std::string req = "POST /v1/explain?host=a%2Db.example.test&x HTTP/1.1\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}";
+  EXPECT_EQ(*ParseHttpRequest(req.substr(0, 20), 1024, r), 0u) << "incomplete";
+  EXPECT_EQ(*ParseHttpRequest(req.substr(0, req.size() - 1), 1024, r), 0u) << "body incomplete";
+  ASSERT_EQ(*ParseHttpRequest(req, 1024, r), req.size());
+  EXPECT_EQ(r.method, "POST");
+  EXPECT_EQ(r.path, "/v1/explain");
+  EXPECT_EQ(r.query["host"], "a-b.example.test");
+  EXPECT_EQ(r.headers["x-a"], "b");
+  EXPECT_EQ(r.body, "{}");
+  EXPECT_FALSE(ParseHttpRequest("GARBAGE\r\n\r\n", 1024, r).ok());
+  EXPECT_EQ(ParseHttpRequest("POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n", 1024, r).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_FALSE(ParseHttpRequest(std::string(20000, 'a'), 1024, r).ok());
+  EXPECT_TRUE(ParseAdminAddress("unix:/run/x.sock").ok());
+  EXPECT_TRUE(ParseAdminAddress("tcp:127.0.0.1:9000").ok());
+  EXPECT_FALSE(ParseAdminAddress("tcp:0.0.0.0:9000").ok()) << "loopback only";
+  EXPECT_FALSE(ParseAdminAddress("http://x").ok());
+}
+
+}  // namespace
+}  // namespace cvmgate

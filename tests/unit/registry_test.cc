@@ -1,0 +1,227 @@
+// Unit tests of the registry: the address pool, idempotent registration, and crash-safe persistence.
+#include "control/registry.h"
+
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace cvmgate {
+namespace {
+
+constexpr char kKey1[] = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+constexpr char kKey2[] = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+constexpr char kKey3[] = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/cvmgate-registry-XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+IpPool Pool(const char* cidr = "10.0.0.0/8", const char* gateway = "10.0.0.1") {
+  auto p = IpPool::Create(cidr, gateway);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return *std::move(p);
+}
+
+std::string Read(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void Write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+TEST(IpPool, SkipsTheGatewayAndRunsOut) {
+  IpPool pool = Pool("192.168.7.0/29", "192.168.7.1");  // usable .1-.6, .1 is the gateway
+  std::vector<std::string> got;
+  for (int i = 0; i < 5; ++i) {
+    auto ip = pool.Allocate();
+    ASSERT_TRUE(ip.ok()) << ip.status();
+    got.push_back(IpText(*ip));
+  }
+  EXPECT_EQ(got, (std::vector<std::string>{"192.168.7.2", "192.168.7.3", "192.168.7.4", "192.168.7.5",
+                                           "192.168.7.6"}));
+  auto none = pool.Allocate();
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(none.status().message().find("exhausted"), std::string::npos);
+}
+
+TEST(IpPool, FreedAddressesAreReusedAfterTheOthers) {
+  IpPool pool = Pool("192.168.7.0/29", "192.168.7.1");
+  auto a = pool.Allocate();
+  auto b = pool.Allocate();
+  pool.Release(*a);
+  EXPECT_EQ(IpText(*pool.Allocate()), "192.168.7.4") << "the cursor moves on before reusing";
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(pool.Allocate().ok());
+  EXPECT_EQ(IpText(*pool.Allocate()), IpText(*a)) << "then the freed one comes back";
+  (void)b;
+}
+
+TEST(IpPool, BadPoolsAndReservations) {
+  EXPECT_FALSE(IpPool::Create("10.0.0.0", "10.0.0.1").ok());
+  EXPECT_FALSE(IpPool::Create("10.0.0.1/8", "10.0.0.1").ok()) << "host bits set";
+  EXPECT_FALSE(IpPool::Create("10.0.0.0/8", "11.0.0.1").ok()) << "gateway outside";
+  EXPECT_FALSE(IpPool::Create("10.0.0.0/31", "10.0.0.1").ok());
+  IpPool pool = Pool();
+  in_addr gw = pool.gateway();
+  EXPECT_FALSE(pool.Reserve(gw).ok());
+  in_addr x{};
+  inet_pton(AF_INET, "10.9.9.9", &x);
+  EXPECT_TRUE(pool.Reserve(x).ok());
+  EXPECT_EQ(pool.Reserve(x).code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST(Registry, RegisterIsIdempotentAndANewKeyReplacesThePeer) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("state.json"));
+  ASSERT_TRUE(reg.Load().ok());
+  auto first = reg.Register("App", "App-1", kKey1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->reg.address, "10.0.0.2");
+  EXPECT_EQ(first->reg.app, "app") << "ids are stored lowercase";
+  EXPECT_TRUE(first->changed);
+  auto again = reg.Register("app", "app-1", kKey1);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->changed);
+  EXPECT_EQ(again->reg.address, "10.0.0.2");
+  auto rekeyed = reg.Register("app", "app-1", kKey2);
+  ASSERT_TRUE(rekeyed.ok());
+  EXPECT_EQ(rekeyed->reg.address, "10.0.0.2") << "a new key keeps the CVM's address";
+  ASSERT_TRUE(rekeyed->replaced_key.has_value());
+  EXPECT_EQ(rekeyed->replaced_key->ToBase64(), kKey1);
+  EXPECT_EQ(reg.Register("app", "app-2", kKey3)->reg.address, "10.0.0.3");
+}
+
+TEST(Registry, BadInputIsRefusedAndChangesNothing) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("state.json"));
+  ASSERT_TRUE(reg.Register("app", "a1", kKey1).ok());
+  std::string before = Read(dir.file("state.json"));
+  struct Case {
+    absl::StatusOr<Registry::Outcome> result;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {reg.Register("app", "a2", "not-base64"), "public key"},
+      {reg.Register("app", "a2", "AQEB"), "public key"},
+      {reg.Register("app", "a2", kKey1), "already belongs to instance 'a1'"},
+      {reg.Register("other", "a1", kKey2), "belongs to app 'app'"},
+      {reg.Register("bad_app", "a2", kKey2), "app id 'bad_app'"},
+      {reg.Register("app", std::string(64, 'x'), kKey2), "instance id"},
+      {reg.RegisterStatic("app", "a1", "127.0.0.1"), "registered with a WireGuard key"},
+      {reg.RegisterStatic("app", "s1", "nope"), "not an IPv4 or IPv6 address"},
+      {reg.RegisterStatic("app", "s1", "10.0.0.2"), "already used by instance 'a1'"},
+  };
+  for (auto& c : cases) {
+    ASSERT_FALSE(c.result.ok()) << c.message;
+    EXPECT_NE(c.result.status().message().find(c.message), std::string::npos) << c.result.status().message();
+  }
+  EXPECT_EQ(Read(dir.file("state.json")), before);
+  EXPECT_EQ(reg.instances().size(), 1u);
+  EXPECT_EQ(reg.pool().used(), 1u);
+}
+
+TEST(Registry, StaticInstancesAndDeregistration) {
+  TempDir dir;
+  Registry reg(Pool("10.0.0.0/29", "10.0.0.1"), dir.file("state.json"));
+  auto s = reg.RegisterStatic("web", "web-local", "127.0.0.2");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->reg.is_static());
+  EXPECT_FALSE(reg.RegisterStatic("web", "web-local", "127.0.0.2")->changed);
+  auto inside = reg.RegisterStatic("web", "web-pool", "10.0.0.4");
+  ASSERT_TRUE(inside.ok());
+  EXPECT_EQ(reg.pool().used(), 1u) << "a static address inside the pool is reserved";
+  auto cvm = reg.Register("web", "web-cvm", kKey1);
+  ASSERT_TRUE(cvm.ok());
+  EXPECT_NE(cvm->reg.address, "10.0.0.4");
+  auto gone = reg.Deregister("web-cvm");
+  ASSERT_TRUE(gone.ok());
+  EXPECT_EQ(gone->key->ToBase64(), kKey1);
+  EXPECT_EQ(reg.pool().used(), 1u) << "deregistering frees the address";
+  EXPECT_EQ(reg.Deregister("web-cvm").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(Registry, PersistsAcrossRestartsAndIgnoresAHalfWrittenTempFile) {
+  TempDir dir;
+  std::string path = dir.file("state.json");
+  {
+    Registry reg(Pool(), path);
+    ASSERT_TRUE(reg.Register("app", "a1", kKey1).ok());
+    ASSERT_TRUE(reg.RegisterStatic("app", "s1", "127.0.0.2").ok());
+  }
+  // A crash between writing the temp file and the rename leaves this behind.
+  Write(path + ".tmp.4242", R"({"version": 1, "apps": {"app": {"instances": [{"id": "half)");
+  Registry again(Pool(), path);
+  ASSERT_TRUE(again.Load().ok());
+  ASSERT_EQ(again.instances().size(), 2u);
+  EXPECT_EQ(again.instances().at("a1").address, "10.0.0.2");
+  EXPECT_EQ(again.instances().at("a1").key->ToBase64(), kKey1);
+  EXPECT_TRUE(again.instances().at("s1").is_static());
+  EXPECT_EQ(again.Register("app", "a2", kKey2)->reg.address, "10.0.0.3") << "loaded addresses stay taken";
+}
+
+TEST(Registry, AFailedWriteIsRolledBack) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("missing-dir/state.json"));
+  auto r = reg.Register("app", "a1", kKey1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("registration not saved"), std::string::npos) << r.status();
+  EXPECT_TRUE(reg.instances().empty());
+  EXPECT_EQ(reg.pool().used(), 0u);
+}
+
+TEST(Registry, BadStateFilesSayWhatIsWrongAndKeepTheOldState) {
+  TempDir dir;
+  std::string path = dir.file("state.json");
+  Registry reg(Pool(), path);
+  ASSERT_TRUE(reg.Register("app", "a1", kKey1).ok());
+  struct Case {
+    const char* text;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {"{", "not a JSON object"},
+      {R"({"apps": {}})", "version"},
+      {R"({"version": 2})", "version"},
+      {R"({"version": 1, "apps": []})", "'apps' must be an object"},
+      {R"({"version": 1, "apps": {"a b": {"instances": []}}})", "app id 'a b'"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x"}]}}})", "'id' and 'address'"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "nope"}]}}})",
+       "address 'nope' is not an IP address"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "10.0.0.2", "public_key": "zz"}]}}})",
+       "instance 'x'"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "10.0.0.1", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]}}})",
+       "the gateway's own address"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "127.0.0.1"}]},
+                                  "b": {"instances": [{"id": "X", "address": "127.0.0.2"}]}}})",
+       "instance id 'x' appears twice"},
+  };
+  for (const auto& c : cases) {
+    Write(path, c.text);
+    auto s = reg.Load();
+    ASSERT_FALSE(s.ok()) << c.text;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << "got: " << s.message() << "\nwant: " << c.message;
+    EXPECT_NE(s.message().find(path), std::string::npos) << "the error names the file";
+    EXPECT_EQ(reg.instances().size(), 1u);
+  }
+}
+
+TEST(Registry, MissingStateFileIsEmpty) {
+  Registry reg(Pool(), "/nonexistent/cvmgate-state.json");
+  EXPECT_TRUE(reg.Load().ok());
+  EXPECT_TRUE(reg.instances().empty());
+}
+
+}  // namespace
+}  // namespace cvmgate

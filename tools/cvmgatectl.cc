@@ -1,0 +1,353 @@
+// cvmgatectl: the operator's CLI for cvmgate's admin API (register, deregister, list, explain, metrics).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "control/admin_http.h"
+#include "nlohmann/json.hpp"
+
+namespace cvmgate {
+namespace {
+
+using nlohmann::json;
+
+struct Verb {
+  const char* name;
+  const char* usage;
+  const char* help;
+};
+
+const std::vector<Verb> kVerbs = {
+    {"register", "register --app APP --instance ID (--public-key KEY | --address IP)",
+     "register a CVM (its WireGuard public key; it gets a /32 and the gateway's peer details) or a static\n"
+     "instance (a fixed address, no WireGuard, always healthy). Repeating a registration is harmless;\n"
+     "a new key for an instance replaces its peer and keeps its address."},
+    {"deregister", "deregister --instance ID", "remove an instance, its WireGuard peer and its address"},
+    {"list", "list", "every instance with its address, last WireGuard handshake and health"},
+    {"explain", "explain HOST", "how a TLS connection for HOST would be routed, or why it would be refused"},
+    {"metrics", "metrics", "the Prometheus metrics page"},
+};
+
+void Usage(FILE* out) {
+  std::fprintf(out,
+               "usage: cvmgatectl [--admin unix:PATH|tcp:127.0.0.1:PORT] [--token-file FILE] [--json] VERB ...\n\n"
+               "  --admin       where cvmgate's admin API listens (default: unix:/run/cvmgate/admin.sock)\n"
+               "  --token-file  bearer token for a TCP admin API\n"
+               "  --json        print the API's JSON instead of a table\n\nverbs:\n");
+  for (const Verb& v : kVerbs) std::fprintf(out, "  %-74s\n", v.usage);
+  std::fprintf(out, "\n`cvmgatectl VERB --help` describes one verb.\n");
+}
+
+struct Reply {
+  int status = 0;
+  std::string body;
+};
+
+absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, const std::string& method,
+                           const std::string& target, const std::string& body) {
+  int fd;
+  if (admin.unix_socket) {
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::strncpy(sun.sun_path, admin.path.c_str(), sizeof(sun.sun_path) - 1);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) != 0) {
+      int e = errno;
+      close(fd);
+      return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e),
+                                                 " (is it running? see --admin)"));
+    }
+  } else {
+    bool v6 = admin.host.find(':') != std::string::npos;
+    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_storage ss{};
+    socklen_t len;
+    if (v6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      a->sin6_family = AF_INET6;
+      a->sin6_port = htons(admin.port);
+      inet_pton(AF_INET6, admin.host.c_str(), &a->sin6_addr);
+      len = sizeof(*a);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      a->sin_family = AF_INET;
+      a->sin_port = htons(admin.port);
+      inet_pton(AF_INET, admin.host.c_str(), &a->sin_addr);
+      len = sizeof(*a);
+    }
+    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      int e = errno;
+      close(fd);
+      return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e)));
+    }
+  }
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  std::string req = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: cvmgate\r\nConnection: close\r\n");
+  if (!token.empty()) absl::StrAppend(&req, "Authorization: Bearer ", token, "\r\n");
+  if (!body.empty()) absl::StrAppend(&req, "Content-Type: application/json\r\n");
+  absl::StrAppend(&req, "Content-Length: ", body.size(), "\r\n\r\n", body);
+  for (size_t off = 0; off < req.size();) {
+    ssize_t n = write(fd, req.data() + off, req.size() - off);
+    if (n <= 0) {
+      close(fd);
+      return absl::UnavailableError("the admin API closed the connection");
+    }
+    off += n;
+  }
+  std::string in;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n > 0) {
+      in.append(buf, n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  close(fd);
+  size_t sp = in.find(' ');
+  size_t end = in.find("\r\n\r\n");
+  Reply r;
+  if (sp == std::string::npos || end == std::string::npos || !absl::SimpleAtoi(in.substr(sp + 1, 3), &r.status)) {
+    return absl::UnavailableError("no valid HTTP reply from the admin API (timed out or closed)");
+  }
+  r.body = in.substr(end + 4);
+  return r;
+}
+
+std::string Str(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return "-";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> width;
+  for (const auto& row : rows) {
+    width.resize(std::max(width.size(), row.size()));
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    std::puts(line.c_str());
+  }
+}
+
+std::string Age(const json& inst) {
+  auto it = inst.find("last_handshake_age_s");
+  if (it == inst.end()) return "static";
+  if (it->is_null()) return "never";
+  int64_t s = it->get<int64_t>();
+  if (s < 120) return absl::StrCat(s, "s ago");
+  if (s < 7200) return absl::StrCat(s / 60, "m ago");
+  return absl::StrCat(s / 3600, "h ago");
+}
+
+void PrintHuman(const std::string& verb, const json& j) {
+  if (verb == "list") {
+    std::vector<std::vector<std::string>> rows = {{"APP", "INSTANCE", "IP", "HANDSHAKE", "HEALTH"}};
+    for (const json& i : j["instances"]) {
+      rows.push_back({Str(i, "app"), Str(i, "instance"), Str(i, "ip"), Age(i),
+                      i.value("healthy", false) ? "healthy" : "unhealthy"});
+    }
+    PrintTable(rows);
+    std::printf("%zu instances; healthy = handshake within %s s; WireGuard: %s\n", j["instances"].size(),
+                Str(j, "healthy_within_s").c_str(), Str(j, "wireguard").c_str());
+  } else if (verb == "explain") {
+    std::printf("host:    %s\n", Str(j, "host").c_str());
+    if (j.contains("mode")) {
+      std::printf("route:   id %s, port %s, mode %s, base domain %s%s\n", Str(j, "id").c_str(), Str(j, "port").c_str(),
+                  Str(j, "mode").c_str(), Str(j, "base_domain").c_str(),
+                  j.value("pinned", false) ? " (instance id: pinned)" : "");
+      std::vector<std::vector<std::string>> rows = {{"  INSTANCE", "ADDRESS", "HEALTH"}};
+      for (const json& c : j["candidates"]) {
+        rows.push_back({"  " + Str(c, "instance"), Str(c, "address"), c.value("healthy", false) ? "healthy" : "unhealthy"});
+      }
+      if (rows.size() > 1) PrintTable(rows);
+    }
+    std::printf("verdict: %s\n", Str(j, "verdict").c_str());
+  } else if (verb == "register") {
+    std::printf("%s instance %s of app %s at %s\n", j.value("changed", false) ? "registered" : "already registered:",
+                Str(j, "instance").c_str(), Str(j, "app").c_str(), Str(j, "ip").c_str());
+    if (!j.value("static", false)) {
+      std::printf("gateway public key: %s\ngateway endpoint:   %s\ngateway tunnel ip:  %s\n",
+                  Str(j, "gateway_public_key").c_str(), Str(j, "gateway_endpoint").c_str(),
+                  Str(j, "gateway_ip").c_str());
+    }
+    std::string domains;
+    for (const json& d : j["base_domains"]) domains += (domains.empty() ? "" : " ") + d.get<std::string>();
+    std::printf("base domains:       %s\n", domains.c_str());
+  } else if (verb == "deregister") {
+    std::printf("deregistered instance %s of app %s\n", Str(j, "instance").c_str(), Str(j, "app").c_str());
+  }
+}
+
+int Main(int argc, char** argv) {
+  std::string admin_text = "unix:/run/cvmgate/admin.sock";
+  std::string token_file;
+  bool as_json = false;
+  int i = 1;
+  for (; i < argc && std::strncmp(argv[i], "--", 2) == 0; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      std::string prefix = std::string(flag) + "=";
+      if (a.rfind(prefix, 0) == 0) return a.substr(prefix.size());
+      if (i + 1 < argc) return argv[++i];
+      std::fprintf(stderr, "cvmgatectl: %s needs a value\n", flag);
+      std::exit(2);
+    };
+    if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      return 0;
+    } else if (a == "--json") {
+      as_json = true;
+    } else if (a.rfind("--admin", 0) == 0 && a.rfind("--admin-", 0) != 0) {
+      admin_text = value("--admin");
+    } else if (a.rfind("--token-file", 0) == 0) {
+      token_file = value("--token-file");
+    } else {
+      std::fprintf(stderr, "cvmgatectl: unknown flag %s\n", a.c_str());
+      Usage(stderr);
+      return 2;
+    }
+  }
+  if (i >= argc) {
+    Usage(stderr);
+    return 2;
+  }
+  std::string verb = argv[i++];
+  const Verb* v = nullptr;
+  for (const Verb& k : kVerbs) v = verb == k.name ? &k : v;
+  if (v == nullptr) {
+    std::fprintf(stderr, "cvmgatectl: unknown verb '%s'\n", verb.c_str());
+    Usage(stderr);
+    return 2;
+  }
+  std::map<std::string, std::string> opts;
+  std::vector<std::string> positional;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::printf("usage: cvmgatectl %s\n\n%s\n", v->usage, v->help);
+      return 0;
+    }
+    if (a == "--json") {
+      as_json = true;
+    } else if (a.rfind("--", 0) == 0) {
+      size_t eq = a.find('=');
+      if (eq != std::string::npos) {
+        opts[a.substr(2, eq - 2)] = a.substr(eq + 1);
+      } else if (i + 1 < argc) {
+        opts[a.substr(2)] = argv[++i];
+      } else {
+        std::fprintf(stderr, "cvmgatectl %s: %s needs a value\n", verb.c_str(), a.c_str());
+        return 2;
+      }
+    } else {
+      positional.push_back(a);
+    }
+  }
+  auto usage_error = [&](const std::string& why) {
+    std::fprintf(stderr, "cvmgatectl %s: %s\nusage: cvmgatectl %s\n", verb.c_str(), why.c_str(), v->usage);
+    return 2;
+  };
+  auto admin = ParseAdminAddress(admin_text);
+  if (!admin.ok()) return usage_error(std::string(admin.status().message()));
+  std::string token;
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    token = std::string(absl::StripAsciiWhitespace(ss.str()));
+    if (!in || token.empty()) return usage_error("cannot read a token from " + token_file);
+  }
+  std::string method = "GET";
+  std::string target;
+  json body;
+  std::vector<std::string> allowed;
+  if (verb == "register") {
+    allowed = {"app", "instance", "public-key", "address"};
+    if (!opts.contains("app") || !opts.contains("instance") || opts.contains("public-key") == opts.contains("address")) {
+      return usage_error("give --app, --instance and one of --public-key or --address");
+    }
+    method = "POST";
+    target = "/v1/register";
+    body = {{"app", opts["app"]}, {"instance", opts["instance"]}};
+    if (opts.contains("public-key")) body["public_key"] = opts["public-key"];
+    if (opts.contains("address")) body["address"] = opts["address"];
+  } else if (verb == "deregister") {
+    allowed = {"instance"};
+    if (!opts.contains("instance")) return usage_error("give --instance");
+    method = "POST";
+    target = "/v1/deregister";
+    body = {{"instance", opts["instance"]}};
+  } else if (verb == "list") {
+    target = "/v1/list";
+  } else if (verb == "explain") {
+    if (positional.size() != 1) return usage_error("give exactly one host name");
+    std::string host;
+    for (char c : positional[0]) {
+      if (isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.') {
+        host += c;
+      } else {
+        host += absl::StrFormat("%%%02X", static_cast<unsigned char>(c));
+      }
+    }
+    target = "/v1/explain?host=" + host;
+    positional.clear();
+  } else if (verb == "metrics") {
+    target = "/metrics";
+  }
+  for (const auto& [k, val] : opts) {
+    if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) return usage_error("unknown option --" + k);
+  }
+  if (!positional.empty()) return usage_error("unexpected argument '" + positional[0] + "'");
+  auto reply = Call(*admin, token, method, target, body.is_null() ? "" : body.dump());
+  if (!reply.ok()) {
+    std::fprintf(stderr, "cvmgatectl: %s\n", std::string(reply.status().message()).c_str());
+    return 1;
+  }
+  if (verb == "metrics" && reply->status == 200) {
+    std::fputs(reply->body.c_str(), stdout);
+    return 0;
+  }
+  json j = json::parse(reply->body, nullptr, false);
+  if (reply->status != 200) {
+    std::string message = !j.is_discarded() && j.contains("error") ? Str(j, "error") : reply->body;
+    std::fprintf(stderr, "cvmgatectl %s: %s (HTTP %d)\n", verb.c_str(), message.c_str(), reply->status);
+    return 1;
+  }
+  if (as_json || j.is_discarded()) {
+    std::fputs(reply->body.c_str(), stdout);
+  } else {
+    PrintHuman(verb, j);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace cvmgate
+
+int main(int argc, char** argv) { return cvmgate::Main(argc, argv); }
