@@ -1,0 +1,90 @@
+// Micro-benchmarks (Google Benchmark): ClientHello and host-name parsing, route lookup and choice, snapshot publish.
+#include <benchmark/benchmark.h>
+
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "control/routes.h"
+#include "control/snapshot.h"
+#include "dataplane/client_hello.h"
+#include "dataplane/host_name.h"
+
+namespace cvmgate {
+namespace {
+
+std::vector<uint8_t> ReadHello(const std::string& name) {
+  std::ifstream in(std::string(CVMGATE_TEST_DATA) + "/hello/" + name, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+void BM_ParseClientHello(benchmark::State& state, const char* file) {
+  std::vector<uint8_t> hello = ReadHello(file);
+  for (auto _ : state) {
+    HelloResult r = ParseClientHello(hello, 65536);
+    benchmark::DoNotOptimize(r);
+  }
+  state.SetBytesProcessed(state.iterations() * hello.size());
+}
+BENCHMARK_CAPTURE(BM_ParseClientHello, openssl_tls13_256B, "openssl_tls13.bin");
+BENCHMARK_CAPTURE(BM_ParseClientHello, python_2KiB, "python_2k.bin");
+
+void BM_ParseHostName(benchmark::State& state) {
+  std::vector<std::string> bases = {"example.test", "gw.example.org"};
+  for (auto _ : state) {
+    NameResult r = ParseHostName("My-App-8443s.Example.TEST", bases);
+    benchmark::DoNotOptimize(r);
+  }
+}
+BENCHMARK(BM_ParseHostName);
+
+// `apps` apps of `per_app` instances each, all healthy.
+std::vector<RouteEntry> Entries(int apps, int per_app) {
+  std::vector<RouteEntry> entries;
+  entries.reserve(size_t(apps) * per_app);
+  uint32_t ip = 0x0a000002;
+  for (int a = 0; a < apps; ++a) {
+    std::string app = absl::StrCat("app", a);
+    for (int i = 0; i < per_app; ++i, ++ip) {
+      entries.push_back({app, absl::StrCat(app, "-", i),
+                         absl::StrCat(ip >> 24, ".", (ip >> 16) & 255, ".", (ip >> 8) & 255, ".", ip & 255), true});
+    }
+  }
+  return entries;
+}
+
+// What a worker does per connection: find the app, choose among its healthy instances.
+void BM_LookupAndPick(benchmark::State& state) {
+  static const auto snap = *RouteSnapshot::Build(Entries(100000, 10));  // 100k apps, 1M instances
+  absl::InsecureBitGen gen;
+  int i = 0;
+  std::vector<std::string> ids;
+  for (int a = 0; a < 1024; ++a) ids.push_back(absl::StrCat("app", (a * 97) % 100000));
+  for (auto _ : state) {
+    auto found = snap->Find(ids[i++ & 1023]);
+    int64_t pick = PickInstance(found.healthy, {}, gen);
+    benchmark::DoNotOptimize(pick);
+  }
+}
+BENCHMARK(BM_LookupAndPick);
+
+// The control plane's cost of a routing change: build a snapshot of N instances and publish it.
+void BM_BuildAndPublish(benchmark::State& state) {
+  std::vector<RouteEntry> entries = Entries(static_cast<int>(state.range(0)) / 10, 10);
+  SnapshotDomain domain(2, *RouteSnapshot::Build({}));
+  for (auto _ : state) {
+    auto snap = RouteSnapshot::Build(entries);
+    domain.Publish(*std::move(snap));
+    domain.Reclaim();
+  }
+  state.counters["instances"] = static_cast<double>(entries.size());
+}
+BENCHMARK(BM_BuildAndPublish)->Arg(1000)->Arg(100000)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace cvmgate
+
+BENCHMARK_MAIN();
