@@ -136,15 +136,36 @@ absl::StatusOr<AdminAddress> ParseAdminAddress(const std::string& text) {
   return absl::InvalidArgumentError(absl::StrCat("--admin=", text, ": expected unix:PATH or tcp:127.0.0.1:PORT"));
 }
 
+socklen_t AdminAddress::ToSockaddr(sockaddr_storage& ss) const {
+  ss = {};
+  if (unix_socket) {
+    auto* a = reinterpret_cast<sockaddr_un*>(&ss);
+    a->sun_family = AF_UNIX;
+    std::strncpy(a->sun_path, path.c_str(), sizeof(a->sun_path) - 1);
+    return sizeof(*a);
+  }
+  if (host.find(':') != std::string::npos) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    inet_pton(AF_INET6, host.c_str(), &a->sin6_addr);
+    return sizeof(*a);
+  }
+  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+  a->sin_family = AF_INET;
+  a->sin_port = htons(port);
+  inet_pton(AF_INET, host.c_str(), &a->sin_addr);
+  return sizeof(*a);
+}
+
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddress& address, std::string token,
                                                                 Handler handler) {
   AdminAddress bound = address;
-  int fd = -1;
+  sockaddr_storage ss;
+  socklen_t len = address.ToSockaddr(ss);
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int rc;
   if (address.unix_socket) {
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    std::strncpy(sun.sun_path, address.path.c_str(), sizeof(sun.sun_path) - 1);
     // The runtime directory (e.g. /run/cvmgate) is made when missing, owner-only.
     if (size_t slash = address.path.rfind('/'); slash != std::string::npos && slash > 0) {
       mkdir(address.path.substr(0, slash).c_str(), 0750);
@@ -153,39 +174,22 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
     struct stat st;
     if (lstat(address.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(address.path.c_str());
     mode_t old = umask(0177);  // the socket is created 0600: only its owner may use the API
-    int rc = bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun));
+    rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
     umask(old);
-    if (rc != 0) {
-      int e = errno;
-      close(fd);
-      return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": bind: ", std::strerror(e)));
-    }
   } else {
-    bool v6 = address.host.find(':') != std::string::npos;
-    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_storage ss{};
-    socklen_t len;
-    if (v6) {
-      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-      a->sin6_family = AF_INET6;
-      a->sin6_port = htons(address.port);
-      inet_pton(AF_INET6, address.host.c_str(), &a->sin6_addr);
-      len = sizeof(*a);
-    } else {
-      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-      a->sin_family = AF_INET;
-      a->sin_port = htons(address.port);
-      inet_pton(AF_INET, address.host.c_str(), &a->sin_addr);
-      len = sizeof(*a);
-    }
-    if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-      int e = errno;
-      close(fd);
-      return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": bind: ", std::strerror(e)));
-    }
+    rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+  }
+  if (rc != 0) {
+    int e = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": bind: ", std::strerror(e)));
+  }
+  if (!address.unix_socket) {
+    // Port 0 picks a free port: report the real one.
     getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    bool v6 = ss.ss_family == AF_INET6;
     bound.port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                           : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
     bound.text = absl::StrCat("tcp:", v6 ? "[" : "", address.host, v6 ? "]" : "", ":", bound.port);

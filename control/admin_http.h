@@ -2,6 +2,7 @@
 #pragma once
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <cstdint>
 #include <functional>
@@ -39,6 +40,8 @@ struct AdminAddress {
   std::string host;  // tcp
   uint16_t port = 0;
   std::string text;
+  // The socket address to bind or connect to (AF_UNIX, AF_INET or AF_INET6).
+  socklen_t ToSockaddr(sockaddr_storage& out) const;
 };
 absl::StatusOr<AdminAddress> ParseAdminAddress(const std::string& text);
 

@@ -2,7 +2,6 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -60,41 +59,14 @@ struct Reply {
 
 absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, const std::string& method,
                            const std::string& target, const std::string& body) {
-  int fd;
-  if (admin.unix_socket) {
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    std::strncpy(sun.sun_path, admin.path.c_str(), sizeof(sun.sun_path) - 1);
-    if (connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) != 0) {
-      int e = errno;
-      close(fd);
-      return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e),
-                                                 " (is it running? see --admin)"));
-    }
-  } else {
-    bool v6 = admin.host.find(':') != std::string::npos;
-    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_storage ss{};
-    socklen_t len;
-    if (v6) {
-      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-      a->sin6_family = AF_INET6;
-      a->sin6_port = htons(admin.port);
-      inet_pton(AF_INET6, admin.host.c_str(), &a->sin6_addr);
-      len = sizeof(*a);
-    } else {
-      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-      a->sin_family = AF_INET;
-      a->sin_port = htons(admin.port);
-      inet_pton(AF_INET, admin.host.c_str(), &a->sin_addr);
-      len = sizeof(*a);
-    }
-    if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-      int e = errno;
-      close(fd);
-      return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e)));
-    }
+  sockaddr_storage ss;
+  socklen_t len = admin.ToSockaddr(ss);
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e),
+                                               admin.unix_socket ? " (is it running? see --admin)" : ""));
   }
   timeval tv{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
