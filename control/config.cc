@@ -115,6 +115,22 @@ const std::vector<Flag>& Flags() {
        IntFlag("workers", &Config::workers, 1, 1024)},
       {"hello-timeout", "DURATION", "5s", "time a client has to send its whole ClientHello",
        DurationFlag("hello-timeout", &Config::hello_timeout)},
+      {"handshake-timeout", "DURATION", "5s", "time a terminated client has to finish its TLS handshake",
+       DurationFlag("handshake-timeout", &Config::handshake_timeout)},
+      {"tls-cert", "DOMAIN=CHAIN,KEY", "",
+       "wildcard certificate chain and key (PEM) that terminate TLS for *.DOMAIN; repeat per base domain",
+       [](Config& c, const std::string& v) {
+         size_t eq = v.find('=');
+         size_t comma = v.find(',', eq == std::string::npos ? 0 : eq);
+         if (eq == std::string::npos || comma == std::string::npos || eq == 0 || comma == eq + 1 ||
+             comma + 1 == v.size()) {
+           return Bad("tls-cert", v, "expected DOMAIN=CHAIN.pem,KEY.pem");
+         }
+         auto d = NormalizeBaseDomain(v.substr(0, eq));
+         if (!d.ok()) return d.status();
+         c.tls_certs.push_back({*d, v.substr(eq + 1, comma - eq - 1), v.substr(comma + 1)});
+         return absl::OkStatus();
+       }},
       {"hello-max-bytes", "BYTES", "65536", "largest ClientHello accepted, in wire bytes",
        IntFlag("hello-max-bytes", &Config::hello_max_bytes, 512, 1 << 20)},
       {"connect-timeout", "DURATION", "5s", "time to connect to one instance",

@@ -24,6 +24,12 @@ struct ListenAddress {
   socklen_t addr_len = 0;
 };
 
+struct TlsCertSpec {
+  std::string domain;  // a --base-domain
+  std::string chain;   // PEM: the certificate, then its chain
+  std::string key;     // PEM private key
+};
+
 struct Config {
   std::vector<ListenAddress> listen;
   std::vector<std::string> base_domains;
@@ -42,6 +48,8 @@ struct Config {
   absl::Duration healthy_within = absl::Minutes(5);
   int workers = 0;  // 0: one per online CPU
   absl::Duration hello_timeout = absl::Seconds(5);
+  absl::Duration handshake_timeout = absl::Seconds(5);
+  std::vector<TlsCertSpec> tls_certs;
   uint32_t hello_max_bytes = 65536;
   absl::Duration connect_timeout = absl::Seconds(5);
   int connect_tries = 3;

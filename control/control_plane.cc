@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -271,8 +272,11 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   }
   out["pinned"] = pinned;
   out["candidates"] = candidates;
-  if (name.target.mode != Mode::kPassthrough) {
-    out["verdict"] = "refused: TLS termination (default and g modes) is not served yet";
+  const std::string& domain = options_.base_domains[name.target.base_domain];
+  bool terminate = name.target.mode != Mode::kPassthrough;
+  if (terminate && std::find(options_.tls_domains.begin(), options_.tls_domains.end(), domain) ==
+                       options_.tls_domains.end()) {
+    out["verdict"] = absl::StrCat("refused: no --tls-cert for ", domain, " to terminate TLS with");
     out["routable"] = false;
   } else if (candidates.empty()) {
     out["verdict"] = absl::StrCat("refused: no app or instance '", name.target.id, "'");
@@ -281,8 +285,11 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
     out["verdict"] = "refused: no healthy instance";
     out["routable"] = false;
   } else {
-    out["verdict"] = pinned ? "passthrough to the pinned instance"
-                            : absl::StrCat("passthrough to one of ", healthy, " healthy instances, chosen at random");
+    std::string how = !terminate ? "passthrough"
+                      : name.target.mode == Mode::kGrpc ? "TLS terminated here (ALPN h2), plaintext"
+                                                        : "TLS terminated here (ALPN http/1.1), plaintext";
+    out["verdict"] = pinned ? absl::StrCat(how, " to the pinned instance")
+                            : absl::StrCat(how, " to one of ", healthy, " healthy instances, chosen at random");
     out["routable"] = true;
   }
   return Json(200, out);

@@ -34,6 +34,7 @@ bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time n
 struct ControlOptions {
   absl::Duration healthy_within = absl::Minutes(5);
   std::vector<std::string> base_domains;
+  std::vector<std::string> tls_domains;  // base domains with a --tls-cert (default and g names work there)
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
 };

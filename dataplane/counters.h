@@ -13,6 +13,12 @@ namespace cvmgate {
   X(accepted, "connections accepted")                                                     \
   X(accept_errors, "accept completions that failed (e.g. EMFILE)")                        \
   X(routed_passthrough, "connections relayed in passthrough mode")                        \
+  X(routed_terminate, "connections whose TLS ended here, relayed as plaintext")           \
+  X(routed_grpc, "g (gRPC, ALPN h2) connections whose TLS ended here")                    \
+  X(closed_no_certificate, "default or g names under a domain without --tls-cert")        \
+  X(closed_tls_handshake_failed, "TLS handshakes the client failed or aborted")           \
+  X(closed_tls_handshake_timeout, "TLS handshakes not done within --handshake-timeout")   \
+  X(relay_tls_userspace, "terminated relays encrypting in userspace (no kTLS)")          \
   X(closed_overload, "connections refused: --max-connections reached")                    \
   X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \
   X(closed_hello_peer_closed, "the client closed or reset before its ClientHello ended")   \
@@ -27,7 +33,6 @@ namespace cvmgate {
   X(closed_unknown_domain, "a server name under no --base-domain")                        \
   X(closed_unknown_app, "no app or instance with that id")                                \
   X(closed_no_healthy_instance, "the app or pinned instance has no healthy instance")     \
-  X(closed_terminate_unsupported, "default or g (TLS-terminating) names: not served yet") \
   X(connect_attempts, "connects started toward instances")                                \
   X(connect_failed, "connects that failed (each try counts)")                             \
   X(connect_timeout, "connects that hit --connect-timeout (each try counts)")             \

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -73,11 +74,13 @@ Counter NameCounter(NameStatus s) {
 
 }  // namespace
 
-Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections)
+Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections,
+               std::shared_ptr<const TlsContexts> tls)
     : index_(index),
       config_(config),
       reader_(reader),
       max_connections_(max_connections),
+      tls_(std::move(tls)),
       conns_(new Conn[max_connections]),
       pipes_(16, static_cast<int>(config.pipe_size), counters_),
       pipe_chunk_(config.pipe_size > 0 ? config.pipe_size : 65536),
@@ -90,6 +93,7 @@ Worker::~Worker() {
     Conn& c = conns_[i];
     if (c.cfd >= 0) close(c.cfd);
     if (c.bfd >= 0) close(c.bfd);
+    if (c.ssl != nullptr) SSL_free(c.ssl);
     for (auto& d : c.dir) pipes_.Discard(d.pipe);
   }
   for (int fd : listeners_) {
@@ -256,6 +260,13 @@ void Worker::Handle(io_uring_cqe* cqe) {
   switch (op) {
     case kOpPeek: OnPeek(c, res); break;
     case kOpHelloPoll: OnHelloPoll(c, res); break;
+    case kOpTlsPoll:
+      if (res < 0) {
+        Abort(c, Counter::closed_tls_handshake_failed);
+      } else {
+        DoHandshake(c);
+      }
+      break;
     case kOpConnect: OnConnect(c, res); break;
     case kOpRelayPoll0:
     case kOpRelayPoll1: OnRelayPoll(c, op - kOpRelayPoll0, res); break;
@@ -400,13 +411,117 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     Abort(c, NameCounter(name.status));
     return;
   }
-  if (name.target.mode != Mode::kPassthrough) {
-    Abort(c, Counter::closed_terminate_unsupported);
-    return;
-  }
   c.id = std::move(name.target.id);
   c.port = name.target.port;
-  StartConnect(c);
+  if (name.target.mode == Mode::kPassthrough) {
+    StartConnect(c);
+    return;
+  }
+  c.grpc = name.target.mode == Mode::kGrpc;
+  SSL_CTX* ctx = tls_ ? tls_->context(name.target.base_domain, c.grpc) : nullptr;
+  if (ctx == nullptr) {
+    Abort(c, Counter::closed_no_certificate);
+    return;
+  }
+  // No handshake for a name that cannot be routed now: refuse it as passthrough would.
+  RouteSnapshot::Lookup found = snap_->Find(c.id);
+  if (found.healthy.empty()) {
+    Abort(c, found.known ? Counter::closed_no_healthy_instance : Counter::closed_unknown_app);
+    return;
+  }
+  StartTls(c, ctx);
+}
+
+// --- TLS termination (userspace) --------------------------------------------
+
+void Worker::StartTls(Conn& c, SSL_CTX* ctx) {
+  c.ssl = SSL_new(ctx);
+  if (c.ssl == nullptr || SSL_set_fd(c.ssl, c.cfd) != 1) {
+    Abort(c, Counter::closed_tls_handshake_failed);
+    return;
+  }
+  SSL_set_accept_state(c.ssl);
+  c.phase = Phase::kTlsHandshake;
+  SetDeadline(c, now_ms_ + ToMs(config_.handshake_timeout));
+  DoHandshake(c);
+}
+
+// The handshake runs on the non-blocking socket; the ring tells when to go on.
+void Worker::DoHandshake(Conn& c) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(c.ssl);
+  if (r == 1) {
+    StartConnect(c);
+    return;
+  }
+  int e = SSL_get_error(c.ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    io_uring_sqe* sqe = Sqe();
+    io_uring_prep_poll_add(sqe, c.cfd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    Submit(c, kOpTlsPoll, sqe);
+    return;
+  }
+  ERR_clear_error();
+  Abort(c, Counter::closed_tls_handshake_failed);
+}
+
+ssize_t Worker::CopyIn(Conn& c, int d, bool& wait) {
+  Direction& x = c.dir[d];
+  wait = false;
+  if (d == 0 && c.ssl != nullptr) {
+    ERR_clear_error();
+    int n = SSL_read(c.ssl, x.buf.get(), BufferPool::kSize);
+    if (n > 0) return n;
+    int e = SSL_get_error(c.ssl, n);
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify (or, ignored, a bare FIN)
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      wait = true;
+      buffers_.Put(x.buf);
+      ArmRelayPoll(c, d, c.cfd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    }
+    ERR_clear_error();
+    return -1;
+  }
+  const int src = d == 0 ? c.cfd : c.bfd;
+  for (;;) {
+    ssize_t n = recv(src, x.buf.get(), BufferPool::kSize, MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      wait = true;
+      buffers_.Put(x.buf);
+      ArmRelayPoll(c, d, src, POLLIN);
+    }
+    return -1;
+  }
+}
+
+ssize_t Worker::CopyOut(Conn& c, int d, bool& wait) {
+  Direction& x = c.dir[d];
+  wait = false;
+  if (d == 1 && c.ssl != nullptr) {
+    ERR_clear_error();
+    int n = SSL_write(c.ssl, x.buf.get() + x.buf_off, static_cast<int>(x.pending()));
+    if (n > 0) return n;
+    int e = SSL_get_error(c.ssl, n);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+      wait = true;
+      ArmRelayPoll(c, d, c.cfd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
+    }
+    ERR_clear_error();
+    return -1;
+  }
+  const int dst = d == 0 ? c.bfd : c.cfd;
+  for (;;) {
+    ssize_t n = send(dst, x.buf.get() + x.buf_off, x.pending(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      wait = true;
+      ArmRelayPoll(c, d, dst, POLLOUT);
+    }
+    return -1;
+  }
 }
 
 // --- connect ---------------------------------------------------------------
@@ -480,14 +595,17 @@ void Worker::OnConnect(Conn& c, int res) {
 
 void Worker::StartRelay(Conn& c) {
   c.phase = Phase::kRelay;
-  counters_.Add(Counter::routed_passthrough);
-  bool copy = config_.splice_mode == SpliceMode::kCopy;
+  counters_.Add(c.ssl == nullptr ? Counter::routed_passthrough
+                                 : (c.grpc ? Counter::routed_grpc : Counter::routed_terminate));
+  // Plaintext of a terminated client passes through userspace (kTLS would let it splice).
+  bool copy = config_.splice_mode == SpliceMode::kCopy || c.ssl != nullptr;
+  if (c.ssl != nullptr) counters_.Add(Counter::relay_tls_userspace);
   counters_.Add(copy ? Counter::relay_copy : Counter::relay_splice);
   for (auto& d : c.dir) d.copy = copy;
   SetDeadline(c, now_ms_ + ToMs(config_.idle_timeout));
   for (int d = 0; d < 2; ++d) {
     if (c.phase != Phase::kRelay) return;
-    if (config_.splice_mode == SpliceMode::kUring) {
+    if (config_.splice_mode == SpliceMode::kUring && !copy) {
       PumpUring(c, d);
     } else {
       Pump(c, d);
@@ -512,6 +630,12 @@ void Worker::SwitchToCopy(Conn& c, int d) {
 void Worker::FinishDirection(Conn& c, int d) {
   Direction& x = c.dir[d];
   int dst = d == 0 ? c.bfd : c.cfd;
+  // The backend finished: a terminated client gets close_notify before the FIN.
+  if (d == 1 && c.ssl != nullptr) {
+    ERR_clear_error();
+    SSL_shutdown(c.ssl);
+    ERR_clear_error();
+  }
   // Half-close: the other direction keeps flowing until it ends too.
   shutdown(dst, SHUT_WR);
   x.done = true;
@@ -531,8 +655,9 @@ void Worker::Pump(Conn& c, int d) {
   size_t moved = 0;
   for (;;) {
     if (x.pending() > 0) {
-      ssize_t n = x.copy ? send(dst, x.buf.get() + x.buf_off, x.pending(), MSG_NOSIGNAL | MSG_DONTWAIT)
-                         : splice(x.pipe.r, nullptr, dst, nullptr, x.pipe_bytes, kSpliceFlags);
+      bool wait = false;
+      ssize_t n = x.copy ? CopyOut(c, d, wait) : splice(x.pipe.r, nullptr, dst, nullptr, x.pipe_bytes, kSpliceFlags);
+      if (wait) return;
       if (n > 0) {
         if (x.copy) {
           x.buf_off += n;
@@ -543,8 +668,9 @@ void Worker::Pump(Conn& c, int d) {
         c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
         continue;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
+      // CopyOut handles EINTR and EAGAIN itself; splice's are handled here.
+      if (!x.copy && n < 0 && errno == EINTR) continue;
+      if (!x.copy && n < 0 && errno == EAGAIN) {
         ArmRelayPoll(c, d, dst, POLLOUT);
         return;
       }
@@ -566,8 +692,9 @@ void Worker::Pump(Conn& c, int d) {
       x.copy = true;
     }
     if (x.copy && !x.buf) x.buf = buffers_.Get();
-    ssize_t n = x.copy ? recv(src, x.buf.get(), BufferPool::kSize, MSG_DONTWAIT)
-                       : splice(src, nullptr, x.pipe.w, nullptr, pipe_chunk_, kSpliceFlags);
+    bool wait = false;
+    ssize_t n = x.copy ? CopyIn(c, d, wait) : splice(src, nullptr, x.pipe.w, nullptr, pipe_chunk_, kSpliceFlags);
+    if (wait) return;
     if (n > 0) {
       if (x.copy) {
         x.buf_off = 0;
@@ -581,6 +708,10 @@ void Worker::Pump(Conn& c, int d) {
     if (n == 0) {
       x.eof = true;
       continue;
+    }
+    if (x.copy) {  // CopyIn already retried EINTR and armed the poll for EAGAIN
+      Abort(c, Counter::closed_relay_error);
+      return;
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN) {
@@ -714,6 +845,7 @@ void Worker::Abort(Conn& c, Counter reason) {
 
 void Worker::MaybeFree(Conn& c) {
   if (c.phase != Phase::kClosing || c.inflight > 0) return;
+  if (c.ssl != nullptr) SSL_free(c.ssl);
   if (c.cfd >= 0) close(c.cfd);
   if (c.bfd >= 0) close(c.bfd);
   for (auto& d : c.dir) {
@@ -757,6 +889,7 @@ void Worker::RunTimers() {
     }
     switch (c.phase) {
       case Phase::kHello: Abort(c, Counter::closed_hello_timeout); break;
+      case Phase::kTlsHandshake: Abort(c, Counter::closed_tls_handshake_timeout); break;
       case Phase::kConnect: {
         // The connect completes with -ECANCELED and OnConnect tries the next instance.
         c.connect_timed_out = true;

@@ -17,12 +17,14 @@
 #include "control/snapshot.h"
 #include "dataplane/counters.h"
 #include "dataplane/pools.h"
+#include "dataplane/tls.h"
 
 namespace cvmgate {
 
 class Worker {
  public:
-  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections);
+  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections,
+         std::shared_ptr<const TlsContexts> tls);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -40,7 +42,7 @@ class Worker {
   uint32_t live_connections() const { return live_.load(std::memory_order_relaxed); }
 
  private:
-  enum class Phase : uint8_t { kFree, kHello, kConnect, kRelay, kClosing };
+  enum class Phase : uint8_t { kFree, kHello, kTlsHandshake, kConnect, kRelay, kClosing };
 
   struct Direction {
     Pipe pipe;
@@ -70,6 +72,8 @@ class Worker {
     uint32_t hello_cap = 0;
     std::unique_ptr<uint8_t[]> hello;
     std::string id;
+    SSL* ssl = nullptr;  // terminated connections: the client side's TLS
+    bool grpc = false;
     uint64_t tried[16] = {};
     sockaddr_storage backend{};
     socklen_t backend_len = 0;
@@ -99,6 +103,7 @@ class Worker {
     kOpIgnore,       // cancellations: no connection accounting
     kOpPeek,
     kOpHelloPoll,
+    kOpTlsPoll,
     kOpConnect,
     kOpRelayPoll0,   // + direction
     kOpRelayPoll1,
@@ -125,6 +130,13 @@ class Worker {
   void OnPeek(Conn& c, int res);
   void OnHelloPoll(Conn& c, int res);
   void OnHelloDone(Conn& c, std::string_view sni);
+  void StartTls(Conn& c, SSL_CTX* ctx);
+  void DoHandshake(Conn& c);
+  // One read into / write from the direction's buffer: plain recv/send, or
+  // SSL_read/SSL_write on a terminated client. Returns >0 bytes, 0 at EOF, or
+  // -1 having armed the readiness poll it waits for (`wait` set), or -1 on error.
+  ssize_t CopyIn(Conn& c, int d, bool& wait);
+  ssize_t CopyOut(Conn& c, int d, bool& wait);
   void StartConnect(Conn& c);
   void OnConnect(Conn& c, int res);
   void StartRelay(Conn& c);
@@ -148,6 +160,7 @@ class Worker {
   SnapshotDomain::Reader reader_;
   const RouteSnapshot* snap_ = nullptr;  // valid only between reader_.Enter() and Leave()
   const uint32_t max_connections_;
+  std::shared_ptr<const TlsContexts> tls_;
 
   io_uring ring_{};
   bool ring_ready_ = false;

@@ -31,6 +31,7 @@
 #include "dataplane/counters.h"
 #include "dataplane/log.h"
 #include "dataplane/strings.h"
+#include "dataplane/tls.h"
 #include "dataplane/worker.h"
 
 namespace cvmgate {
@@ -190,6 +191,11 @@ int Main(int argc, char** argv) {
     Log(s.message());
     return 1;
   }
+  auto tls = TlsContexts::Load(config.base_domains, config.tls_certs);
+  if (!tls.ok()) {
+    Log(tls.status().message());
+    return 1;
+  }
   std::unique_ptr<WireGuard> wg;
   if (!config.wg_interface.empty()) {
     auto w = SetUpWireGuard(config);
@@ -215,7 +221,9 @@ int Main(int argc, char** argv) {
   Workers pool;
   ReloadCounters reloads;
   RealClock clock;
-  ControlOptions options{config.healthy_within, config.base_domains, config.wg_endpoint, config.wg_keep_unknown_peers};
+  ControlOptions options{config.healthy_within, config.base_domains, {}, config.wg_endpoint,
+                         config.wg_keep_unknown_peers};
+  for (const TlsCertSpec& cert : config.tls_certs) options.tls_domains.push_back(cert.domain);
   ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
   if (auto s = control.Poll(); !s.ok()) Log(s.message());
   Log("routes: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(), " instances from ",
@@ -228,7 +236,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   for (int i = 0; i < workers; ++i) {
-    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
+    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker, *tls));
     if (auto s = pool.back()->Init(config.listen); !s.ok()) {
       Log(s.message());
       return 1;

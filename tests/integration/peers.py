@@ -306,13 +306,15 @@ class TlsClient:
     (split_at/pause), and can half-close the TCP connection while still reading.
     """
 
-    def __init__(self, addr, sni, alpn=None, timeout=10.0):
+    def __init__(self, addr, sni, alpn=None, timeout=10.0, tls_version=None):
         self.addr = addr
         self.sni = sni
         self.timeout = timeout
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.ctx.check_hostname = False
         self.ctx.verify_mode = ssl.CERT_NONE
+        if tls_version is not None:
+            self.ctx.minimum_version = self.ctx.maximum_version = tls_version
         if alpn:
             self.ctx.set_alpn_protocols(alpn)
         self.incoming = ssl.MemoryBIO()

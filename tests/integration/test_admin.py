@@ -57,7 +57,7 @@ def test_list_explain_and_json(ctl_bin, empty_gateway, backends):
     assert "pinned" in pinned and "app-i1" not in pinned, pinned
     assert "refused: no app or instance 'nope'" in ctl(ctl_bin, gw, "explain", sni_name("nope", 443))
     assert "unknown_domain" in ctl(ctl_bin, gw, "explain", "app-443s.other.test")
-    assert "not served yet" in ctl(ctl_bin, gw, "explain", "app-8080.example.test")
+    assert "no --tls-cert for example.test" in ctl(ctl_bin, gw, "explain", "app-8080.example.test")
 
 
 def test_deregister_stops_routing(ctl_bin, empty_gateway, backends):

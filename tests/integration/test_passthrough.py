@@ -253,8 +253,8 @@ def test_unknown_base_domain_closed(gateway, backends):
 
 
 @pytest.mark.parametrize("mode", ["", "g"])
-def test_terminating_modes_closed(gateway, backends, mode):
-    expect_closed(gateway, "closed_terminate_unsupported",
+def test_terminating_modes_without_a_certificate_closed(gateway, backends, mode):
+    expect_closed(gateway, "closed_no_certificate",
                   sni=sni_name("app", backends.port, mode=mode))
 
 

@@ -1,0 +1,238 @@
+"""Integration tests of TLS termination (default and g modes): real clients, plaintext backends behind the gateway."""
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+import peers
+from peers import TlsClient
+
+BACKEND_IP = "127.0.0.2"
+
+
+class PlainEcho:
+    """A plaintext TCP backend: echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
+
+    def __init__(self, ip, port):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(64)
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _serve(conn):
+        h = hashlib.sha256()
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                h.update(data)
+                conn.sendall(data)
+            conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wildcard")
+    out = {}
+    for domain in ("example.test", "other.test"):
+        key, crt = d / (domain + ".key"), d / (domain + ".pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "2", "-subj", "/CN=*." + domain, "-addext",
+                        "subjectAltName=DNS:*." + domain, "-keyout", str(key), "-out", str(crt)],
+                       check=True, capture_output=True)
+        out[domain] = (str(crt), str(key))
+    return out
+
+
+@pytest.fixture(scope="module")
+def echo_port():
+    port = peers.free_port(BACKEND_IP)
+    server = PlainEcho(BACKEND_IP, port)
+    yield port
+    server.close()
+
+
+@pytest.fixture
+def tgw(make_gateway, certs):
+    crt, key = certs["example.test"]
+    return make_gateway(base_domains=("example.test", "nocert.test"),
+                        state={"version": 1, "apps": {"app": {"instances": [{"id": "app-i1", "address": BACKEND_IP}]}}},
+                        args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--handshake-timeout", "1s"])
+
+
+def tls_context(certs, **kw):
+    ctx = ssl.create_default_context(cafile=certs["example.test"][0])
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def trailer(payload):
+    return b"sha256=" + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_terminated_payload_arrives_intact_both_ways(tgw, echo_port, version):
+    # One thread drives both directions: an SSL object must never be used from two threads at once.
+    c = TlsClient(tgw.addr, "app-%d.example.test" % echo_port, timeout=30, tls_version=version)
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    assert c.sslobj.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
+    assert c.sslobj.selected_alpn_protocol() is None  # the client offered none
+    payload = os.urandom(4 << 20)
+    ex = c.exchange(payload)
+    got = bytes(c.plain)
+    c.close()
+    assert len(got) == len(payload) + len(trailer(payload)), ex
+    assert got == payload + trailer(payload), "bytes differ"
+    c = tgw.counters()
+    assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] == 1, c
+
+
+def test_client_close_notify_half_closes_and_backend_end_sends_close_notify(tgw, certs, echo_port):
+    """The client's close_notify becomes a FIN to the backend; the backend's answer still flows back,
+    then the backend's FIN reaches the client as close_notify."""
+    c = TlsClient(tgw.addr, "app-%d.example.test" % echo_port, timeout=10)
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    ex_payload = os.urandom(100000)
+    ex = c.exchange(ex_payload)  # then a TCP half-close: the gateway sees the client's end
+    raw = bytes(c.plain)
+    c.close()
+    assert raw == ex_payload + trailer(ex_payload), len(raw)
+    assert ex.tls_end == "close_notify", ex
+
+
+def test_default_mode_offers_http11_and_g_offers_h2(tgw, certs, echo_port):
+    for label, want in (("app-%d" % echo_port, "http/1.1"), ("app-%dg" % echo_port, "h2")):
+        ctx = tls_context(certs)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(tgw.addr, timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=label + ".example.test") as s:
+            assert s.selected_alpn_protocol() == want, label
+    tgw.wait_counter("routed_terminate", 1)
+    tgw.wait_counter("routed_grpc", 1)
+
+
+def test_curl_https_to_a_plain_http_backend(tgw, certs, tmp_path):
+    (tmp_path / "index.html").write_text("hello from the cvm\n")
+    port = peers.free_port(BACKEND_IP)
+    server = subprocess.Popen(["/usr/bin/python3", "-m", "http.server", str(port), "--bind", BACKEND_IP],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        peers.wait_until(lambda: _listening(BACKEND_IP, port), 10, "the HTTP backend")
+        name = "app-%d.example.test" % port
+        for tls in (["--tlsv1.2", "--tls-max", "1.2"], ["--tlsv1.3"]):
+            out = subprocess.run(["curl", "-sS", "--cacert", certs["example.test"][0], "--resolve",
+                                  "%s:%d:127.0.0.1" % (name, tgw.addr[1])] + tls +
+                                 ["https://%s:%d/index.html" % (name, tgw.addr[1])],
+                                 capture_output=True, text=True, timeout=20)
+            assert out.returncode == 0 and out.stdout == "hello from the cvm\n", out
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _listening(ip, port):
+    try:
+        socket.create_connection((ip, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None or shutil.which("nghttpd") is None,
+                    reason="nghttp2-client and nghttp2-server are needed (tools/setup installs them)")
+def test_http2_through_g_to_an_h2c_backend(tgw, certs, tmp_path):
+    (tmp_path / "grpc.txt").write_text("h2 ok\n")
+    port = peers.free_port(BACKEND_IP)
+    server = subprocess.Popen(["nghttpd", "--no-tls", "-a", BACKEND_IP, "-d", str(tmp_path), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        peers.wait_until(lambda: _listening(BACKEND_IP, port), 10, "the h2c backend")
+        name = "app-%dg.example.test" % port
+        # nghttp has no --resolve: hand it the gateway's address and set the SNI/authority by header.
+        out = subprocess.run(["nghttp", "-v", "-H", ":authority: " + name,
+                              "https://127.0.0.1:%d/grpc.txt" % tgw.addr[1]],
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0, out
+        assert "h2 ok" in out.stdout, out.stdout[-2000:]
+        tgw.wait_counter("routed_grpc", 1)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_websocket_echo_through_the_gateway(tgw, certs):
+    websockets = pytest.importorskip("websockets", reason="python3-websockets is needed (tools/setup installs it)")
+    port = peers.free_port(BACKEND_IP)
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = loop.create_future()
+
+    async def echo(ws, path=None):
+        async for message in ws:
+            await ws.send(message)
+
+    async def serve():
+        async with websockets.serve(echo, BACKEND_IP, port):
+            ready.set()
+            await stop
+
+    t = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    name = "app-%d.example.test" % port
+
+    async def client():
+        ctx = tls_context(certs)
+        async with websockets.connect("wss://%s:%d/" % (name, tgw.addr[1]), ssl=ctx, server_hostname=name,
+                                      host="127.0.0.1", port=tgw.addr[1]) as ws:
+            messages = ["hello", "x" * 100000, "bye"]
+            for m in messages:
+                await ws.send(m)
+                assert await ws.recv() == m
+
+    try:
+        asyncio.run(asyncio.wait_for(client(), 20))
+    finally:
+        loop.call_soon_threadsafe(stop.set_result, None)
+        t.join(10)
+    tgw.wait_counter("routed_terminate", 1)
+
+
+def test_refusals_without_certificate_and_on_handshake_timeout(tgw, certs, echo_port):
+    from test_passthrough import expect_closed
+    expect_closed(tgw, "closed_no_certificate", sni="app-%d.nocert.test" % echo_port)
+    # A client that sends its hello and then nothing: the handshake times out.
+    before = tgw.counters()
+    c = TlsClient(tgw.addr, "app-%d.example.test" % echo_port)
+    c.connect()
+    c.send_hello()
+    closed = c.wait_closed(5)
+    c.close()
+    assert closed.how in ("eof", "reset"), closed
+    tgw.wait_counter("closed_tls_handshake_timeout", before.get("closed_tls_handshake_timeout", 0) + 1)

@@ -1,0 +1,89 @@
+// Unit tests of the TLS termination contexts: loading, and clear refusals of bad certificates.
+#include "dataplane/tls.h"
+
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+namespace cvmgate {
+namespace {
+
+// A self-signed EC certificate for *.<domain>, valid from now + `from_s` to now + `to_s`.
+struct TestCert {
+  std::string chain;
+  std::string key;
+};
+
+TestCert MakeCert(const std::filesystem::path& dir, const std::string& name, long from_s, long to_s) {
+  EVP_PKEY* pkey = EVP_EC_gen("P-256");
+  X509* x = X509_new();
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+  X509_gmtime_adj(X509_getm_notBefore(x), from_s);
+  X509_gmtime_adj(X509_getm_notAfter(x), to_s);
+  X509_set_pubkey(x, pkey);
+  X509_NAME* subject = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(subject, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("*.example.test"),
+                             -1, -1, 0);
+  X509_set_issuer_name(x, subject);
+  X509_sign(x, pkey, EVP_sha256());
+  TestCert out{(dir / (name + ".pem")).string(), (dir / (name + ".key")).string()};
+  FILE* f = std::fopen(out.chain.c_str(), "w");
+  PEM_write_X509(f, x);
+  std::fclose(f);
+  f = std::fopen(out.key.c_str(), "w");
+  PEM_write_PrivateKey(f, pkey, nullptr, nullptr, 0, nullptr, nullptr);
+  std::fclose(f);
+  X509_free(x);
+  EVP_PKEY_free(pkey);
+  return out;
+}
+
+class TlsContextsTest : public ::testing::Test {
+ protected:
+  TlsContextsTest() : dir_(std::filesystem::temp_directory_path() / ("cvmgate-tls-" + std::to_string(getpid()))) {
+    std::filesystem::create_directories(dir_);
+    good_ = MakeCert(dir_, "good", -60, 86400);
+    other_ = MakeCert(dir_, "other", -60, 86400);
+    expired_ = MakeCert(dir_, "expired", -86400, -3600);
+  }
+  ~TlsContextsTest() override { std::filesystem::remove_all(dir_); }
+
+  std::string LoadError(const TlsCertSpec& spec) {
+    auto r = TlsContexts::Load({"example.test", "other.test"}, {spec});
+    EXPECT_FALSE(r.ok());
+    return r.ok() ? "" : std::string(r.status().message());
+  }
+
+  std::filesystem::path dir_;
+  TestCert good_, other_, expired_;
+};
+
+TEST_F(TlsContextsTest, OneContextPerDomainAndMode) {
+  auto tls = TlsContexts::Load({"example.test", "other.test"}, {{"example.test", good_.chain, good_.key}});
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  EXPECT_NE((*tls)->context(0, false), nullptr);
+  EXPECT_NE((*tls)->context(0, true), nullptr);
+  EXPECT_NE((*tls)->context(0, false), (*tls)->context(0, true)) << "each mode has its own ALPN policy";
+  EXPECT_EQ((*tls)->context(1, false), nullptr) << "no certificate for other.test";
+  EXPECT_EQ((*tls)->context(7, false), nullptr);
+  EXPECT_EQ(SSL_CTX_get_min_proto_version((*tls)->context(0, false)), TLS1_2_VERSION);
+}
+
+TEST_F(TlsContextsTest, BadCertificatesAreRefusedWithTheReason) {
+  EXPECT_NE(LoadError({"example.test", good_.chain, other_.key}).find("does not match"), std::string::npos);
+  EXPECT_NE(LoadError({"example.test", expired_.chain, expired_.key}).find("has expired"), std::string::npos);
+  EXPECT_NE(LoadError({"example.test", "/nonexistent.pem", good_.key}).find("cannot load the chain"),
+            std::string::npos);
+  EXPECT_NE(LoadError({"example.test", good_.chain, "/nonexistent.key"}).find("cannot load the key"),
+            std::string::npos);
+  EXPECT_NE(LoadError({"elsewhere.test", good_.chain, good_.key}).find("not one of the --base-domain"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace cvmgate
