@@ -131,6 +131,12 @@ const std::vector<Flag>& Flags() {
          c.tls_certs.push_back({*d, v.substr(eq + 1, comma - eq - 1), v.substr(comma + 1)});
          return absl::OkStatus();
        }},
+      {"proxy-protocol", nullptr, "",
+       "send a PROXY protocol v2 header to each instance so it sees the client's address (all modes)",
+       [](Config& c, const std::string&) {
+         c.proxy_protocol = true;
+         return absl::OkStatus();
+       }},
       {"hello-max-bytes", "BYTES", "65536", "largest ClientHello accepted, in wire bytes",
        IntFlag("hello-max-bytes", &Config::hello_max_bytes, 512, 1 << 20)},
       {"connect-timeout", "DURATION", "5s", "time to connect to one instance",

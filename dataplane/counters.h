@@ -39,6 +39,7 @@ namespace cvmgate {
   X(closed_connect_failed, "connections closed after every try to connect failed")        \
   X(closed_idle_timeout, "relays closed after --idle-timeout without traffic")            \
   X(closed_relay_error, "relays closed on a socket error (reset, broken pipe)")           \
+  X(closed_proxy_header_failed, "the PROXY v2 header could not be sent to the instance")  \
   X(closed_drain_timeout, "relays cut when --drain-timeout ran out")                      \
   X(relay_done, "relays that ended normally (both directions finished)")                  \
   X(relay_splice, "relays that moved their bytes with splice")                            \

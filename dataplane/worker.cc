@@ -19,6 +19,7 @@
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
+#include "dataplane/proxy_protocol.h"
 
 namespace cvmgate {
 namespace {
@@ -594,6 +595,21 @@ void Worker::OnConnect(Conn& c, int res) {
 // --- relay -----------------------------------------------------------------
 
 void Worker::StartRelay(Conn& c) {
+  if (config_.proxy_protocol) {
+    // The header goes first on a fresh, empty socket: a short write would mean
+    // a socket that cannot take 52 bytes, which is an error, not back-pressure.
+    sockaddr_storage client{}, local{};
+    socklen_t len = sizeof(client);
+    getpeername(c.cfd, reinterpret_cast<sockaddr*>(&client), &len);
+    len = sizeof(local);
+    getsockname(c.cfd, reinterpret_cast<sockaddr*>(&local), &len);
+    uint8_t header[kProxyV2MaxHeader];
+    size_t n = BuildProxyV2(client, local, header);
+    if (send(c.bfd, header, n, MSG_NOSIGNAL | MSG_DONTWAIT) != static_cast<ssize_t>(n)) {
+      Abort(c, Counter::closed_proxy_header_failed);
+      return;
+    }
+  }
   c.phase = Phase::kRelay;
   counters_.Add(c.ssl == nullptr ? Counter::routed_passthrough
                                  : (c.grpc ? Counter::routed_grpc : Counter::routed_terminate));

@@ -1,0 +1,125 @@
+"""Integration tests of --proxy-protocol: the instance learns the client's address from a PROXY v2 header."""
+
+import socket
+import struct
+import threading
+
+import pytest
+
+import peers
+from peers import TlsClient, sni_name
+from test_terminate import certs  # noqa: F401  (the wildcard certificate fixture)
+
+BACKEND_IP = "127.0.0.2"
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+class ProxyAwareBackend:
+    """Reads the PROXY v2 header, answers 'src=<ip>:<port> dst=<ip>:<port>\\n', then echoes until EOF."""
+
+    def __init__(self):
+        self.port = peers.free_port(BACKEND_IP)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((BACKEND_IP, self.port))
+        self.sock.listen(16)
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read(conn, n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _serve(self, conn):
+        with conn:
+            try:
+                head = self._read(conn, 16)
+                if head[:12] != SIGNATURE or head[12] != 0x21:
+                    conn.sendall(b"no proxy header\n")
+                    return
+                body = self._read(conn, struct.unpack("!H", head[14:16])[0])
+                if head[13] == 0x11:
+                    src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
+                    sport, dport = struct.unpack("!HH", body[8:12])
+                else:
+                    src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
+                    sport, dport = struct.unpack("!HH", body[32:36])
+                conn.sendall(("src=%s:%d dst=%s:%d\n" % (src, sport, dst, dport)).encode())
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    conn.sendall(data)
+            except (EOFError, OSError):
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = ProxyAwareBackend()
+    yield b
+    b.close()
+
+
+def first_line(sock_or_client, read):
+    data = b""
+    while b"\n" not in data:
+        chunk = read()
+        assert chunk, "connection ended before the backend's line: %r" % data
+        data += chunk
+    return data.split(b"\n", 1)[0].decode()
+
+
+def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--proxy-protocol"])
+    hello = TlsClient(gw.addr, sni_name("app", backend.port)).client_hello()
+    s = peers.raw_connect(gw.addr)
+    s.sendall(hello)
+    s.settimeout(10)
+    line = first_line(s, lambda: s.recv(4096))
+    me = s.getsockname()
+    s.close()
+    assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
+
+
+def test_terminated_instance_sees_the_client_address(make_gateway, backend, certs):  # noqa: F811
+    crt, key = certs["example.test"]
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--proxy-protocol", "--tls-cert", "example.test=%s,%s" % (crt, key)])
+    c = TlsClient(gw.addr, sni_name("app", backend.port, mode=""))
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    me = c.sock.getsockname()
+    c._pump(until=lambda got: b"\n" in got, timeout=10)
+    line = bytes(c.plain).split(b"\n", 1)[0].decode()
+    c.close()
+    assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
+
+
+def test_without_the_flag_no_header_is_sent(make_gateway, backend):
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}})
+    hello = TlsClient(gw.addr, sni_name("app", backend.port)).client_hello()
+    s = peers.raw_connect(gw.addr)
+    s.sendall(hello)
+    s.settimeout(10)
+    line = first_line(s, lambda: s.recv(4096))
+    s.close()
+    assert line == "no proxy header", line
