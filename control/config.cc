@@ -162,6 +162,8 @@ const std::vector<Flag>& Flags() {
       {"max-connections", "N", "from the fd limit",
        "connections held at once (each relay takes 2 descriptors); past it new ones are refused",
        IntFlag("max-connections", &Config::max_connections, 1, 1 << 24)},
+      {"app-max-connections", "N", "2000", "connections one app may hold at once; past it new ones are refused",
+       IntFlag("app-max-connections", &Config::app_max_connections, 1, 1 << 24)},
       {"backlog", "N", "4096", "listen backlog of each listening socket",
        IntFlag("backlog", &Config::backlog, 1, 1 << 20)},
       {"help", nullptr, "", "print this help and exit",

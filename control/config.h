@@ -59,6 +59,7 @@ struct Config {
   SpliceMode splice_mode = SpliceMode::kInline;
   uint32_t pipe_size = 1 << 20;
   uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit
+  int32_t app_max_connections = 2000;
   int backlog = 4096;
   bool help = false;
   bool version = false;

@@ -51,7 +51,8 @@ ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotD
       domain_(domain),
       wg_(wg),
       clock_(clock),
-      worker_metrics_(std::move(worker_metrics)) {}
+      worker_metrics_(std::move(worker_metrics)),
+      app_limits_(options_.app_max_connections) {}
 
 int64_t ControlPlane::LastHandshake(const Registration& reg) const {
   if (!reg.key) return 0;
@@ -75,7 +76,7 @@ absl::Status ControlPlane::Publish() {
   if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
     return absl::OkStatus();
   }
-  auto snap = RouteSnapshot::Build(entries);
+  auto snap = RouteSnapshot::Build(entries, &app_limits_);
   if (!snap.ok()) return snap.status();
   domain_.Publish(*std::move(snap));
   published_health_ = std::move(health);
@@ -272,6 +273,10 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   }
   out["pinned"] = pinned;
   out["candidates"] = candidates;
+  std::string app = pinned ? all.at(name.target.id).app : name.target.id;
+  int32_t live = app_limits_.live(app);
+  out["app_connections"] = live;
+  out["app_max_connections"] = app_limits_.max();
   const std::string& domain = options_.base_domains[name.target.base_domain];
   bool terminate = name.target.mode != Mode::kPassthrough;
   if (terminate && std::find(options_.tls_domains.begin(), options_.tls_domains.end(), domain) ==
@@ -283,6 +288,9 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
     out["routable"] = false;
   } else if (healthy == 0) {
     out["verdict"] = "refused: no healthy instance";
+    out["routable"] = false;
+  } else if (live >= app_limits_.max()) {
+    out["verdict"] = absl::StrCat("refused: app ", app, " holds ", live, " connections, its limit");
     out["routable"] = false;
   } else {
     std::string how = !terminate ? "passthrough"

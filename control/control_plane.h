@@ -37,6 +37,7 @@ struct ControlOptions {
   std::vector<std::string> tls_domains;  // base domains with a --tls-cert (default and g names work there)
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
+  int32_t app_max_connections = 2000;
 };
 
 class ControlPlane {
@@ -88,6 +89,7 @@ class ControlPlane {
   double last_poll_seconds_ = 0;
   int64_t last_poll_unix_ = 0;
   std::string gateway_public_key_;
+  AppLimits app_limits_;
 };
 
 }  // namespace cvmgate

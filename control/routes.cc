@@ -32,21 +32,36 @@ absl::Status ParseAddress(const std::string& text, Instance& inst) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const std::vector<RouteEntry>& entries) {
+std::atomic<int32_t>* AppLimits::Counter(const std::string& app) {
+  auto& c = counters_[app];
+  if (!c) c = std::make_unique<std::atomic<int32_t>>(0);
+  return c.get();
+}
+
+int32_t AppLimits::live(const std::string& app) const {
+  auto it = counters_.find(app);
+  return it == counters_.end() ? 0 : it->second->load(std::memory_order_relaxed);
+}
+
+absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const std::vector<RouteEntry>& entries,
+                                                                          AppLimits* limits) {
   auto snap = std::unique_ptr<RouteSnapshot>(new RouteSnapshot());
   snap->instances_.reserve(entries.size());
+  if (limits != nullptr) snap->app_limit_ = limits->max();
   for (const RouteEntry& e : entries) {
-    auto& members = snap->apps_[e.app];
+    App& app = snap->apps_[e.app];
+    if (limits != nullptr && app.live == nullptr) app.live = limits->Counter(e.app);
     if (e.id.empty()) continue;  // an app without instances: known, never routable
     Instance inst;
     inst.id = e.id;
     inst.app = e.app;
     inst.address = e.address;
     inst.healthy = e.healthy;
+    inst.app_live = app.live;
     if (auto s = ParseAddress(inst.address, inst); !s.ok()) return s;
     uint32_t index = static_cast<uint32_t>(snap->instances_.size());
     snap->by_instance_id_[inst.id] = index;
-    if (inst.healthy) members.push_back(index);
+    if (inst.healthy) app.healthy.push_back(index);
     snap->instances_.push_back(std::move(inst));
   }
   snap->self_index_.resize(snap->instances_.size());
@@ -56,10 +71,11 @@ absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const 
 
 RouteSnapshot::Lookup RouteSnapshot::Find(std::string_view id) const {
   if (auto it = by_instance_id_.find(AbslView(id)); it != by_instance_id_.end()) {
-    if (!instances_[it->second].healthy) return {true, {}};
-    return {true, std::span(self_index_).subspan(it->second, 1)};
+    const Instance& inst = instances_[it->second];
+    if (!inst.healthy) return {true, {}, inst.app_live};
+    return {true, std::span(self_index_).subspan(it->second, 1), inst.app_live};
   }
-  if (auto it = apps_.find(AbslView(id)); it != apps_.end()) return {true, it->second};
+  if (auto it = apps_.find(AbslView(id)); it != apps_.end()) return {true, it->second.healthy, it->second.live};
   return {};
 }
 

@@ -3,6 +3,8 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
+
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -21,6 +23,7 @@ struct Instance {
   std::string app;
   std::string address;  // as written in the state file
   bool healthy = true;
+  std::atomic<int32_t>* app_live = nullptr;  // the app's live-connection count (see AppLimits)
   sockaddr_storage addr{};  // port left 0: the port comes from the host name
   socklen_t addr_len = 0;
 };
@@ -33,16 +36,36 @@ struct RouteEntry {
   bool healthy = true;
 };
 
+// Live connections per app, counted by every worker. The counters outlive
+// snapshots (a connection may end long after the snapshot that routed it), so
+// one is made per app id and kept: a few bytes per app ever registered.
+class AppLimits {
+ public:
+  explicit AppLimits(int32_t max_per_app) : max_(max_per_app) {}
+  // Control thread only. The pointer stays valid for the AppLimits' lifetime.
+  std::atomic<int32_t>* Counter(const std::string& app);
+  int32_t max() const { return max_; }
+  int32_t live(const std::string& app) const;
+
+ private:
+  int32_t max_;
+  absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<int32_t>>> counters_;
+};
+
 // Built once, never changed after publication; workers read it without locks.
 class RouteSnapshot {
  public:
   // Ids are valid lowercase ids and unique (the registry guarantees it); an
   // address that is not an IP literal is an error.
-  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(const std::vector<RouteEntry>& entries);
+  // With `limits`, each app's connections are counted against limits->max().
+  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(const std::vector<RouteEntry>& entries,
+                                                                    AppLimits* limits = nullptr);
   struct Lookup {
     bool known = false;                // an instance or app with this id exists
     std::span<const uint32_t> healthy;  // indexes into instances() that may be picked
+    std::atomic<int32_t>* app_live = nullptr;  // null: not counted
   };
+  int32_t app_limit() const { return app_limit_; }
   // `id` is tried as an instance id first (pinning that instance), then as an app id.
   Lookup Find(std::string_view id) const;
   std::span<const uint32_t> Candidates(std::string_view id) const { return Find(id).healthy; }
@@ -52,7 +75,12 @@ class RouteSnapshot {
 
  private:
   std::vector<Instance> instances_;
-  absl::flat_hash_map<std::string, std::vector<uint32_t>> apps_;  // app -> healthy instances
+  struct App {
+    std::vector<uint32_t> healthy;
+    std::atomic<int32_t>* live = nullptr;
+  };
+  absl::flat_hash_map<std::string, App> apps_;
+  int32_t app_limit_ = 0;
   absl::flat_hash_map<std::string, uint32_t> by_instance_id_;
   // Candidates() hands out a one-element span for a pinned instance.
   std::vector<uint32_t> self_index_;

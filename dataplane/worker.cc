@@ -430,6 +430,10 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     Abort(c, found.known ? Counter::closed_no_healthy_instance : Counter::closed_unknown_app);
     return;
   }
+  if (!TakeAppSlot(c, found)) {
+    Abort(c, Counter::closed_app_limit);
+    return;
+  }
   StartTls(c, ctx);
 }
 
@@ -527,12 +531,26 @@ ssize_t Worker::CopyOut(Conn& c, int d, bool& wait) {
 
 // --- connect ---------------------------------------------------------------
 
+bool Worker::TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found) {
+  if (c.app_live != nullptr || found.app_live == nullptr) return true;
+  if (found.app_live->fetch_add(1, std::memory_order_relaxed) >= snap_->app_limit()) {
+    found.app_live->fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  c.app_live = found.app_live;
+  return true;
+}
+
 void Worker::StartConnect(Conn& c) {
   RouteSnapshot::Lookup found = snap_->Find(c.id);
   std::span<const uint32_t> candidates = found.healthy;
   if (candidates.empty()) {
     Counter reason = !found.known ? Counter::closed_unknown_app : Counter::closed_no_healthy_instance;
     Abort(c, c.tries == 0 ? reason : Counter::closed_connect_failed);
+    return;
+  }
+  if (!TakeAppSlot(c, found)) {
+    Abort(c, Counter::closed_app_limit);
     return;
   }
   // Instances already tried are remembered by id hash: indexes do not survive a reload.
@@ -862,6 +880,7 @@ void Worker::Abort(Conn& c, Counter reason) {
 void Worker::MaybeFree(Conn& c) {
   if (c.phase != Phase::kClosing || c.inflight > 0) return;
   if (c.ssl != nullptr) SSL_free(c.ssl);
+  if (c.app_live != nullptr) c.app_live->fetch_sub(1, std::memory_order_relaxed);
   if (c.cfd >= 0) close(c.cfd);
   if (c.bfd >= 0) close(c.bfd);
   for (auto& d : c.dir) {

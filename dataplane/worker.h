@@ -73,6 +73,7 @@ class Worker {
     std::unique_ptr<uint8_t[]> hello;
     std::string id;
     SSL* ssl = nullptr;  // terminated connections: the client side's TLS
+    std::atomic<int32_t>* app_live = nullptr;  // the app slot this connection holds
     bool grpc = false;
     uint64_t tried[16] = {};
     sockaddr_storage backend{};
@@ -137,6 +138,8 @@ class Worker {
   // -1 having armed the readiness poll it waits for (`wait` set), or -1 on error.
   ssize_t CopyIn(Conn& c, int d, bool& wait);
   ssize_t CopyOut(Conn& c, int d, bool& wait);
+  // Counts the connection against its app's limit once; false when the app is full.
+  bool TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found);
   void StartConnect(Conn& c);
   void OnConnect(Conn& c, int res);
   void StartRelay(Conn& c);

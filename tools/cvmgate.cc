@@ -222,7 +222,7 @@ int Main(int argc, char** argv) {
   ReloadCounters reloads;
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, {}, config.wg_endpoint,
-                         config.wg_keep_unknown_peers};
+                         config.wg_keep_unknown_peers, config.app_max_connections};
   for (const TlsCertSpec& cert : config.tls_certs) options.tls_domains.push_back(cert.domain);
   ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
   if (auto s = control.Poll(); !s.ok()) Log(s.message());

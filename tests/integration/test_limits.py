@@ -118,3 +118,26 @@ def test_refused_and_finished_connections_leave_no_descriptor_behind(make_gatewa
         c.close()  # abrupt close of a live relay
     peers.wait_until(lambda: gw.counters()["live_connections"] == 0, 10, "every connection to be released")
     assert _fds(pid) <= baseline, "descriptors before %d, after %d" % (baseline, _fds(pid))
+
+
+def test_per_app_connection_limit(make_gateway, backends):
+    state = peers.default_state()
+    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2"}]}
+    gw = make_gateway(state=state, args=["--app-max-connections", "2"])
+    held = [open_relay(gw, backends)[0] for _ in range(2)]
+    extra = TlsClient(gw.addr, sni_name("app", backends.port))
+    extra.connect()
+    extra.send_hello()
+    closed = extra.wait_closed(5)
+    extra.close()
+    assert closed.how in ("eof", "reset") and closed.data == b"", closed
+    gw.wait_counter("closed_app_limit", 1)
+    # Another app is not affected; the full app takes connections again once one ends.
+    other, inst = open_relay(gw, backends, ident="other")
+    other.close()
+    assert inst == "app-i1"
+    held[0].close()
+    peers.wait_until(lambda: gw.counters()["live_connections"] == 1, 5, "the closed relay to free its app slot")
+    again, _ = open_relay(gw, backends)
+    again.close()
+    held[1].close()

@@ -70,6 +70,22 @@ TEST(Routes, UnhealthyInstancesAreKnownButNeverPicked) {
   EXPECT_FALSE(snap->Find("nope").known);
 }
 
+TEST(Routes, AppCountersOutliveSnapshotsAndCoverPinnedInstances) {
+  AppLimits limits(2000);
+  auto first = *RouteSnapshot::Build(kState, &limits);
+  auto second = *RouteSnapshot::Build(kState, &limits);
+  EXPECT_EQ(first->app_limit(), 2000);
+  std::atomic<int32_t>* app = first->Find("app").app_live;
+  ASSERT_NE(app, nullptr);
+  EXPECT_EQ(second->Find("app").app_live, app) << "a connection keeps counting against its app after a reload";
+  EXPECT_EQ(first->Find("app-i2").app_live, app) << "a pinned instance counts against its app";
+  EXPECT_NE(first->Find("other").app_live, app);
+  app->fetch_add(3);
+  EXPECT_EQ(limits.live("app"), 3);
+  EXPECT_EQ(limits.live("nope"), 0);
+  EXPECT_EQ(Load(kState)->Find("app").app_live, nullptr) << "without limits nothing is counted";
+}
+
 TEST(Routes, AnAddressThatIsNoIpIsRefused) {
   auto s = RouteSnapshot::Build({{"a", "b", "nope", true}});
   ASSERT_FALSE(s.ok());
