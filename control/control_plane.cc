@@ -76,7 +76,7 @@ absl::Status ControlPlane::Publish() {
   if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
     return absl::OkStatus();
   }
-  auto snap = RouteSnapshot::Build(entries, &app_limits_);
+  auto snap = RouteSnapshot::Build(entries, &app_limits_, tls_);
   if (!snap.ok()) return snap.status();
   domain_.Publish(*std::move(snap));
   published_health_ = std::move(health);
@@ -135,10 +135,33 @@ absl::Status ControlPlane::Poll() {
   return Publish();
 }
 
+absl::Status ControlPlane::LoadCertificates() {
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs);
+  if (!tls.ok()) return tls.status();
+  tls_ = *std::move(tls);
+  ++registry_version_;  // routing unchanged, but the snapshot carries the new contexts
+  ++certificate_reloads_;
+  return Publish();
+}
+
 absl::Status ControlPlane::Reload() {
+  // Validate both before applying either, so a bad certificate keeps the old registry too.
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs);
+  if (!tls.ok()) return tls.status();
   if (auto s = registry_.Load(); !s.ok()) return s;
+  tls_ = *std::move(tls);
+  ++certificate_reloads_;
   ++registry_version_;
   return Poll();
+}
+
+HttpResponse ControlPlane::ReloadCertificates() {
+  if (auto s = LoadCertificates(); !s.ok()) {
+    Log("certificate reload failed, keeping the certificates in force: ", s.message());
+    return Error(s);
+  }
+  Log("certificates reloaded (", options_.tls_certs.size(), " base domains)");
+  return Json(200, {{"reloaded", options_.tls_certs.size()}});
 }
 
 HttpResponse ControlPlane::Handle(const HttpRequest& req) {
@@ -149,8 +172,11 @@ HttpResponse ControlPlane::Handle(const HttpRequest& req) {
   if (req.path == "/v1/list") return req.method == "GET" ? List() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/explain") return req.method == "GET" ? Explain(req) : Json(405, {{"error", "use GET"}});
   if (req.path == "/metrics") return req.method == "GET" ? Metrics() : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/reload-certificates") {
+    return req.method == "POST" ? ReloadCertificates() : Json(405, {{"error", "use POST"}});
+  }
   return Json(404, {{"error", absl::StrCat("no endpoint ", req.path,
-                                           " (have /v1/register, /v1/deregister, /v1/list, /v1/explain, /metrics)")}});
+                                           " (have /v1/register, /v1/deregister, /v1/list, /v1/explain, /v1/reload-certificates, /metrics)")}});
 }
 
 HttpResponse ControlPlane::Register(const HttpRequest& req) {
@@ -279,8 +305,8 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   out["app_max_connections"] = app_limits_.max();
   const std::string& domain = options_.base_domains[name.target.base_domain];
   bool terminate = name.target.mode != Mode::kPassthrough;
-  if (terminate && std::find(options_.tls_domains.begin(), options_.tls_domains.end(), domain) ==
-                       options_.tls_domains.end()) {
+  bool has_cert = tls_ != nullptr && tls_->context(name.target.base_domain, false) != nullptr;
+  if (terminate && !has_cert) {
     out["verdict"] = absl::StrCat("refused: no --tls-cert for ", domain, " to terminate TLS with");
     out["routable"] = false;
   } else if (candidates.empty()) {
@@ -322,6 +348,7 @@ HttpResponse ControlPlane::Metrics() {
   counter("health_poll_errors_total", "health polls that could not read the device", poll_errors_);
   counter("wireguard_peer_errors_total", "peer changes the WireGuard backend refused", peer_errors_);
   counter("snapshot_publishes_total", "route snapshots published", publishes_);
+  counter("certificate_loads_total", "times the --tls-cert files were loaded", certificate_reloads_);
   return {200, "text/plain; version=0.0.4", out};
 }
 

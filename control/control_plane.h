@@ -14,6 +14,7 @@
 #include "control/registry.h"
 #include "control/snapshot.h"
 #include "control/wireguard/wireguard.h"
+#include "dataplane/tls.h"
 
 namespace cvmgate {
 
@@ -34,7 +35,7 @@ bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time n
 struct ControlOptions {
   absl::Duration healthy_within = absl::Minutes(5);
   std::vector<std::string> base_domains;
-  std::vector<std::string> tls_domains;  // base domains with a --tls-cert (default and g names work there)
+  std::vector<TlsCertSpec> tls_certs;  // --tls-cert: reread by LoadCertificates()
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
   int32_t app_max_connections = 2000;
@@ -53,7 +54,10 @@ class ControlPlane {
   absl::Status Poll();
   // Builds and publishes a snapshot when routing changed.
   absl::Status Publish();
-  // Reloads the state file (SIGHUP); on error the old registry stays in force.
+  // (Re)reads every --tls-cert file; on error the certificates in force stay.
+  absl::Status LoadCertificates();
+  // Reloads the state file and the certificates (SIGHUP); on any error all of
+  // the old state stays in force.
   absl::Status Reload();
 
   HttpResponse Handle(const HttpRequest& request);
@@ -67,6 +71,7 @@ class ControlPlane {
   HttpResponse List();
   HttpResponse Explain(const HttpRequest& request);
   HttpResponse Metrics();
+  HttpResponse ReloadCertificates();
   int64_t LastHandshake(const Registration& reg) const;
 
   ControlOptions options_;
@@ -90,6 +95,8 @@ class ControlPlane {
   int64_t last_poll_unix_ = 0;
   std::string gateway_public_key_;
   AppLimits app_limits_;
+  std::shared_ptr<const TlsContexts> tls_;
+  uint64_t certificate_reloads_ = 0;
 };
 
 }  // namespace cvmgate

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "dataplane/strings.h"
+#include "dataplane/tls.h"
 
 namespace cvmgate {
 namespace {
@@ -44,8 +45,10 @@ int32_t AppLimits::live(const std::string& app) const {
 }
 
 absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const std::vector<RouteEntry>& entries,
-                                                                          AppLimits* limits) {
+                                                                          AppLimits* limits,
+                                                                          std::shared_ptr<const TlsContexts> tls) {
   auto snap = std::unique_ptr<RouteSnapshot>(new RouteSnapshot());
+  snap->tls_ = std::move(tls);
   snap->instances_.reserve(entries.size());
   if (limits != nullptr) snap->app_limit_ = limits->max();
   for (const RouteEntry& e : entries) {

@@ -18,6 +18,8 @@
 
 namespace cvmgate {
 
+class TlsContexts;
+
 struct Instance {
   std::string id;
   std::string app;
@@ -58,14 +60,19 @@ class RouteSnapshot {
   // Ids are valid lowercase ids and unique (the registry guarantees it); an
   // address that is not an IP literal is an error.
   // With `limits`, each app's connections are counted against limits->max().
-  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(const std::vector<RouteEntry>& entries,
-                                                                    AppLimits* limits = nullptr);
+  // `tls` (may be null) travels with the routes, so a certificate reload
+  // reaches the workers the same lock-free way.
+  static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(
+      const std::vector<RouteEntry>& entries, AppLimits* limits = nullptr,
+      std::shared_ptr<const TlsContexts> tls = nullptr);
   struct Lookup {
     bool known = false;                // an instance or app with this id exists
     std::span<const uint32_t> healthy;  // indexes into instances() that may be picked
     std::atomic<int32_t>* app_live = nullptr;  // null: not counted
   };
   int32_t app_limit() const { return app_limit_; }
+  // The termination contexts in force; null when no --tls-cert is configured.
+  const TlsContexts* tls() const { return tls_.get(); }
   // `id` is tried as an instance id first (pinning that instance), then as an app id.
   Lookup Find(std::string_view id) const;
   std::span<const uint32_t> Candidates(std::string_view id) const { return Find(id).healthy; }
@@ -81,6 +88,7 @@ class RouteSnapshot {
   };
   absl::flat_hash_map<std::string, App> apps_;
   int32_t app_limit_ = 0;
+  std::shared_ptr<const TlsContexts> tls_;
   absl::flat_hash_map<std::string, uint32_t> by_instance_id_;
   // Candidates() hands out a one-element span for a pinned instance.
   std::vector<uint32_t> self_index_;

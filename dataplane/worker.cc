@@ -75,13 +75,11 @@ Counter NameCounter(NameStatus s) {
 
 }  // namespace
 
-Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections,
-               std::shared_ptr<const TlsContexts> tls)
+Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections)
     : index_(index),
       config_(config),
       reader_(reader),
       max_connections_(max_connections),
-      tls_(std::move(tls)),
       conns_(new Conn[max_connections]),
       pipes_(16, static_cast<int>(config.pipe_size), counters_),
       pipe_chunk_(config.pipe_size > 0 ? config.pipe_size : 65536),
@@ -419,7 +417,10 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     return;
   }
   c.grpc = name.target.mode == Mode::kGrpc;
-  SSL_CTX* ctx = tls_ ? tls_->context(name.target.base_domain, c.grpc) : nullptr;
+  // SSL_new takes its own reference on the context, so a certificate reload
+  // never pulls it from under a live connection.
+  const TlsContexts* tls = snap_->tls();
+  SSL_CTX* ctx = tls ? tls->context(name.target.base_domain, c.grpc) : nullptr;
   if (ctx == nullptr) {
     Abort(c, Counter::closed_no_certificate);
     return;

@@ -23,8 +23,7 @@ namespace cvmgate {
 
 class Worker {
  public:
-  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections,
-         std::shared_ptr<const TlsContexts> tls);
+  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -163,7 +162,6 @@ class Worker {
   SnapshotDomain::Reader reader_;
   const RouteSnapshot* snap_ = nullptr;  // valid only between reader_.Enter() and Leave()
   const uint32_t max_connections_;
-  std::shared_ptr<const TlsContexts> tls_;
 
   io_uring ring_{};
   bool ring_ready_ = false;

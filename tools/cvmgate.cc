@@ -191,11 +191,6 @@ int Main(int argc, char** argv) {
     Log(s.message());
     return 1;
   }
-  auto tls = TlsContexts::Load(config.base_domains, config.tls_certs);
-  if (!tls.ok()) {
-    Log(tls.status().message());
-    return 1;
-  }
   std::unique_ptr<WireGuard> wg;
   if (!config.wg_interface.empty()) {
     auto w = SetUpWireGuard(config);
@@ -221,10 +216,13 @@ int Main(int argc, char** argv) {
   Workers pool;
   ReloadCounters reloads;
   RealClock clock;
-  ControlOptions options{config.healthy_within, config.base_domains, {}, config.wg_endpoint,
+  ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.wg_endpoint,
                          config.wg_keep_unknown_peers, config.app_max_connections};
-  for (const TlsCertSpec& cert : config.tls_certs) options.tls_domains.push_back(cert.domain);
   ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
+  if (auto s = control.LoadCertificates(); !s.ok()) {
+    Log(s.message());
+    return 1;
+  }
   if (auto s = control.Poll(); !s.ok()) Log(s.message());
   Log("routes: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(), " instances from ",
       config.state_file);
@@ -236,7 +234,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   for (int i = 0; i < workers; ++i) {
-    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker, *tls));
+    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
     if (auto s = pool.back()->Init(config.listen); !s.ok()) {
       Log(s.message());
       return 1;

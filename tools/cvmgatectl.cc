@@ -40,6 +40,9 @@ const std::vector<Verb> kVerbs = {
     {"list", "list", "every instance with its address, last WireGuard handshake and health"},
     {"explain", "explain HOST", "how a TLS connection for HOST would be routed, or why it would be refused"},
     {"metrics", "metrics", "the Prometheus metrics page"},
+    {"reload-certificates", "reload-certificates",
+     "reread every --tls-cert file; live connections keep their certificate, and a bad new one\n"
+     "(unreadable, key mismatch, expired) leaves the ones in force and is reported"},
 };
 
 void Usage(FILE* out) {
@@ -173,6 +176,8 @@ void PrintHuman(const std::string& verb, const json& j) {
     std::printf("base domains:       %s\n", domains.c_str());
   } else if (verb == "deregister") {
     std::printf("deregistered instance %s of app %s\n", Str(j, "instance").c_str(), Str(j, "app").c_str());
+  } else if (verb == "reload-certificates") {
+    std::printf("reloaded the certificates of %s base domains\n", Str(j, "reloaded").c_str());
   }
 }
 
@@ -291,6 +296,9 @@ int Main(int argc, char** argv) {
     positional.clear();
   } else if (verb == "metrics") {
     target = "/metrics";
+  } else if (verb == "reload-certificates") {
+    method = "POST";
+    target = "/v1/reload-certificates";
   }
   for (const auto& [k, val] : opts) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) return usage_error("unknown option --" + k);

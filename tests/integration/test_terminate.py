@@ -236,3 +236,61 @@ def test_refusals_without_certificate_and_on_handshake_timeout(tgw, certs, echo_
     c.close()
     assert closed.how in ("eof", "reset"), closed
     tgw.wait_counter("closed_tls_handshake_timeout", before.get("closed_tls_handshake_timeout", 0) + 1)
+
+
+def _make_cert(directory, name):
+    key, crt = directory / (name + ".key"), directory / (name + ".pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=*.example.test/O=" + name, "-keyout", str(key), "-out", str(crt)],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+def _served_org(gw, echo_port):
+    c = TlsClient(gw.addr, "app-%d.example.test" % echo_port)
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    der = c.sslobj.getpeercert(binary_form=True)
+    c.close()
+    text = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=der,
+                          capture_output=True, timeout=10).stdout.decode()
+    return text.rsplit("O = ", 1)[-1].strip()
+
+
+def test_certificate_reload_keeps_live_connections_and_refuses_a_bad_one(make_gateway, ctl_bin, echo_port,
+                                                                         tmp_path):
+    live_crt, live_key = tmp_path / "live.pem", tmp_path / "live.key"
+    first_crt, first_key = _make_cert(tmp_path, "first")
+    second_crt, second_key = _make_cert(tmp_path, "second")
+    shutil.copy(first_crt, live_crt)
+    shutil.copy(first_key, live_key)
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--tls-cert", "example.test=%s,%s" % (live_crt, live_key)])
+    assert _served_org(gw, echo_port) == "first"
+    live = TlsClient(gw.addr, "app-%d.example.test" % echo_port)
+    live.connect()
+    live.send_hello()
+    live.finish_handshake()
+    assert live.echo(b"before") == b"before"
+
+    # New files, reloaded through the admin API: new connections get them, the live one goes on.
+    shutil.copy(second_crt, live_crt)
+    shutil.copy(second_key, live_key)
+    admin = "unix:" + os.path.join(gw.workdir, "admin.sock")
+    out = subprocess.run([ctl_bin, "--admin", admin, "reload-certificates"], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 0 and "reloaded the certificates of 1 base domains" in out.stdout, out
+    assert _served_org(gw, echo_port) == "second"
+    assert live.echo(b"after the reload") == b"after the reload"
+
+    # A key that does not match the chain: refused on SIGHUP and through the API, the old pair stays.
+    shutil.copy(first_key, live_key)
+    ok, line = gw.reload()
+    assert not ok and "does not match" in line, line
+    out = subprocess.run([ctl_bin, "--admin", admin, "reload-certificates"], capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 1 and "does not match" in out.stderr, out
+    assert _served_org(gw, echo_port) == "second"
+    assert live.echo(b"still here") == b"still here"
+    live.close()
