@@ -131,6 +131,9 @@ const std::vector<Flag>& Flags() {
          c.tls_certs.push_back({*d, v.substr(eq + 1, comma - eq - 1), v.substr(comma + 1)});
          return absl::OkStatus();
        }},
+      {"ticket-key-rotation", "DURATION", "1h",
+       "session-ticket key lifetime: tickets resume for up to two periods, then need a full handshake",
+       DurationFlag("ticket-key-rotation", &Config::ticket_key_rotation)},
       {"proxy-protocol", nullptr, "",
        "send a PROXY protocol v2 header to each instance so it sees the client's address (all modes)",
        [](Config& c, const std::string&) {

@@ -51,6 +51,7 @@ struct Config {
   absl::Duration handshake_timeout = absl::Seconds(5);
   std::vector<TlsCertSpec> tls_certs;
   bool proxy_protocol = false;  // send a PROXY v2 header to instances
+  absl::Duration ticket_key_rotation = absl::Hours(1);
   uint32_t hello_max_bytes = 65536;
   absl::Duration connect_timeout = absl::Seconds(5);
   int connect_tries = 3;

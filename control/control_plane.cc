@@ -52,7 +52,8 @@ ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotD
       wg_(wg),
       clock_(clock),
       worker_metrics_(std::move(worker_metrics)),
-      app_limits_(options_.app_max_connections) {}
+      app_limits_(options_.app_max_connections),
+      tickets_rotated_(clock.Now()) {}
 
 int64_t ControlPlane::LastHandshake(const Registration& reg) const {
   if (!reg.key) return 0;
@@ -88,6 +89,10 @@ absl::Status ControlPlane::Publish() {
 }
 
 absl::Status ControlPlane::Poll() {
+  if (clock_.Now() - tickets_rotated_ >= options_.ticket_key_rotation) {
+    tickets_.Rotate();
+    tickets_rotated_ = clock_.Now();
+  }
   if (wg_ != nullptr) {
     auto started = std::chrono::steady_clock::now();
     auto device = wg_->GetDevice();
@@ -136,7 +141,7 @@ absl::Status ControlPlane::Poll() {
 }
 
 absl::Status ControlPlane::LoadCertificates() {
-  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs);
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_);
   if (!tls.ok()) return tls.status();
   tls_ = *std::move(tls);
   ++registry_version_;  // routing unchanged, but the snapshot carries the new contexts
@@ -146,7 +151,7 @@ absl::Status ControlPlane::LoadCertificates() {
 
 absl::Status ControlPlane::Reload() {
   // Validate both before applying either, so a bad certificate keeps the old registry too.
-  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs);
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_);
   if (!tls.ok()) return tls.status();
   if (auto s = registry_.Load(); !s.ok()) return s;
   tls_ = *std::move(tls);
@@ -349,6 +354,7 @@ HttpResponse ControlPlane::Metrics() {
   counter("wireguard_peer_errors_total", "peer changes the WireGuard backend refused", peer_errors_);
   counter("snapshot_publishes_total", "route snapshots published", publishes_);
   counter("certificate_loads_total", "times the --tls-cert files were loaded", certificate_reloads_);
+  counter("ticket_key_rotations_total", "session-ticket keys made", tickets_.rotations());
   return {200, "text/plain; version=0.0.4", out};
 }
 

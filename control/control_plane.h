@@ -39,6 +39,7 @@ struct ControlOptions {
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
   int32_t app_max_connections = 2000;
+  absl::Duration ticket_key_rotation = absl::Hours(1);
 };
 
 class ControlPlane {
@@ -63,6 +64,7 @@ class ControlPlane {
   HttpResponse Handle(const HttpRequest& request);
 
   uint64_t publishes() const { return publishes_; }
+  const TicketKeys& tickets() const { return tickets_; }
   size_t healthy_count() const { return healthy_count_; }
 
  private:
@@ -95,6 +97,8 @@ class ControlPlane {
   int64_t last_poll_unix_ = 0;
   std::string gateway_public_key_;
   AppLimits app_limits_;
+  TicketKeys tickets_;
+  absl::Time tickets_rotated_;
   std::shared_ptr<const TlsContexts> tls_;
   uint64_t certificate_reloads_ = 0;
 };

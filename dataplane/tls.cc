@@ -2,7 +2,10 @@
 #include "dataplane/tls.h"
 
 #include <openssl/err.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/x509.h>
 
 #include <cerrno>
@@ -39,7 +42,40 @@ int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
   return SSL_TLSEXT_ERR_NOACK;
 }
 
-absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned char* alpn) {
+int TicketIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+// RFC 5077-style tickets: AES-256-CBC + HMAC-SHA256, keyed by name.
+int TicketCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac,
+                   int encrypt) {
+  auto* keys = static_cast<TicketKeys*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), TicketIndex()));
+  if (keys == nullptr) return 0;
+  TicketKeys::Key current, previous;
+  bool has_previous = false;
+  keys->Snapshot(current, previous, has_previous);
+  const TicketKeys::Key* key = &current;
+  int result = 1;
+  if (encrypt) {
+    std::memcpy(name, current.name, 16);
+    if (RAND_bytes(iv, 16) != 1) return -1;
+  } else if (std::memcmp(name, current.name, 16) != 0) {
+    if (!has_previous || std::memcmp(name, previous.name, 16) != 0) return 0;  // unknown or expired: full handshake
+    key = &previous;
+    result = 2;  // valid, but issue a ticket under the current key
+  }
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, const_cast<unsigned char*>(key->hmac), 32),
+      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
+      OSSL_PARAM_construct_end()};
+  if (EVP_MAC_CTX_set_params(mac, params) != 1) return -1;
+  int ok = encrypt ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv)
+                   : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv);
+  return ok == 1 ? result : -1;
+}
+
+absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned char* alpn, TicketKeys* tickets) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new: ", OpenSslError()));
   auto fail = [&](const std::string& what) {
@@ -78,13 +114,48 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
     return fail(absl::StrCat(spec.chain, " has expired"));
   }
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, const_cast<unsigned char*>(alpn));
+  if (tickets != nullptr) {
+    SSL_CTX_set_ex_data(ctx, TicketIndex(), tickets);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketCallback);
+  }
+  // Resumption is stateless (tickets): no per-session cache to share between workers.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   return ctx;
 }
 
 }  // namespace
 
+TicketKeys::TicketKeys() { Rotate(); }
+
+void TicketKeys::Rotate() {
+  Key fresh;
+  RAND_bytes(fresh.name, sizeof(fresh.name));
+  RAND_bytes(fresh.aes, sizeof(fresh.aes));
+  RAND_bytes(fresh.hmac, sizeof(fresh.hmac));
+  std::lock_guard lock(mu_);
+  if (rotations_ > 0) {
+    previous_ = current_;
+    has_previous_ = true;
+  }
+  current_ = fresh;
+  ++rotations_;
+}
+
+uint64_t TicketKeys::rotations() const {
+  std::lock_guard lock(mu_);
+  return rotations_;
+}
+
+void TicketKeys::Snapshot(Key& current, Key& previous, bool& has_previous) const {
+  std::lock_guard lock(mu_);
+  current = current_;
+  previous = previous_;
+  has_previous = has_previous_;
+}
+
 absl::StatusOr<std::shared_ptr<const TlsContexts>> TlsContexts::Load(const std::vector<std::string>& base_domains,
-                                                                     const std::vector<TlsCertSpec>& certs) {
+                                                                     const std::vector<TlsCertSpec>& certs,
+                                                                     TicketKeys* tickets) {
   auto out = std::shared_ptr<TlsContexts>(new TlsContexts());
   out->http_.assign(base_domains.size(), nullptr);
   out->h2_.assign(base_domains.size(), nullptr);
@@ -97,10 +168,10 @@ absl::StatusOr<std::shared_ptr<const TlsContexts>> TlsContexts::Load(const std::
       return absl::InvalidArgumentError(
           absl::StrCat("certificate for ", spec.domain, ": not one of the --base-domain values"));
     }
-    auto http = MakeContext(spec, kHttp11);
+    auto http = MakeContext(spec, kHttp11, tickets);
     if (!http.ok()) return http.status();
     out->http_[index] = *http;
-    auto h2 = MakeContext(spec, kH2);
+    auto h2 = MakeContext(spec, kH2, tickets);
     if (!h2.ok()) return h2.status();
     out->h2_[index] = *h2;
   }

@@ -294,3 +294,50 @@ def test_certificate_reload_keeps_live_connections_and_refuses_a_bad_one(make_ga
     assert _served_org(gw, echo_port) == "second"
     assert live.echo(b"still here") == b"still here"
     live.close()
+
+
+def _connect_with(gw, ctx, name, session=None):
+    s = ctx.wrap_socket(socket.create_connection(gw.addr, timeout=10), server_hostname=name, session=session)
+    s.sendall(b"ping")
+    assert s.recv(4) == b"ping"  # after this a TLS 1.3 client has read its session ticket
+    return s
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_session_resumption_with_tickets(tgw, certs, echo_port, version):
+    ctx = tls_context(certs, minimum_version=version, maximum_version=version)
+    name = "app-%d.example.test" % echo_port
+    first = _connect_with(tgw, ctx, name)
+    session = first.session
+    assert not first.session_reused
+    first.close()
+    again = _connect_with(tgw, ctx, name, session)
+    assert again.session_reused, "the ticket from the first connection did not resume"
+    again.close()
+
+
+def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, echo_port, ctl_bin):
+    crt, key = certs["example.test"]
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--health-poll", "100ms",
+                            "--ticket-key-rotation", "300ms"])
+    admin = "unix:" + os.path.join(gw.workdir, "admin.sock")
+
+    def rotations():
+        out = subprocess.run([ctl_bin, "--admin", admin, "metrics"], capture_output=True, text=True, timeout=10)
+        for line in out.stdout.splitlines():
+            if line.startswith("cvmgate_ticket_key_rotations_total "):
+                return int(float(line.split()[1]))
+        raise AssertionError("no ticket rotation metric:\n" + out.stdout)
+
+    ctx = tls_context(certs, maximum_version=ssl.TLSVersion.TLSv1_2)
+    name = "app-%d.example.test" % echo_port
+    first = _connect_with(gw, ctx, name)
+    session = first.session
+    first.close()
+    issued_at = rotations()
+    # Two rotations later the key that sealed the ticket is gone: a full handshake follows.
+    peers.wait_until(lambda: rotations() >= issued_at + 2, 10, "two ticket-key rotations")
+    late = _connect_with(gw, ctx, name, session)
+    assert not late.session_reused, "a ticket outlived two key rotations"
+    late.close()
