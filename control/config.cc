@@ -131,6 +131,24 @@ const std::vector<Flag>& Flags() {
          c.tls_certs.push_back({*d, v.substr(eq + 1, comma - eq - 1), v.substr(comma + 1)});
          return absl::OkStatus();
        }},
+      {"tls-min-version", "1.2|1.3", "1.2", "oldest TLS version a terminated client may use",
+       [](Config& c, const std::string& v) {
+         if (v == "1.2") c.tls_policy.min_version = 0x0303;
+         else if (v == "1.3") c.tls_policy.min_version = 0x0304;
+         else return Bad("tls-min-version", v, "expected 1.2 or 1.3");
+         return absl::OkStatus();
+       }},
+      {"tls-ciphers", "LIST", "ECDHE+AESGCM:ECDHE+CHACHA20", "TLS 1.2 cipher list (OpenSSL syntax), server preference",
+       [](Config& c, const std::string& v) {
+         c.tls_policy.ciphers = v;
+         return absl::OkStatus();
+       }},
+      {"tls-ciphersuites", "LIST", "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
+       "TLS 1.3 cipher suites (OpenSSL syntax)",
+       [](Config& c, const std::string& v) {
+         c.tls_policy.ciphersuites = v;
+         return absl::OkStatus();
+       }},
       {"ticket-key-rotation", "DURATION", "1h",
        "session-ticket key lifetime: tickets resume for up to two periods, then need a full handshake",
        DurationFlag("ticket-key-rotation", &Config::ticket_key_rotation)},

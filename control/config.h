@@ -30,6 +30,13 @@ struct TlsCertSpec {
   std::string key;     // PEM private key
 };
 
+// What terminated clients may negotiate (OpenSSL syntax for the lists).
+struct TlsPolicy {
+  int min_version = 0x0303;  // TLS1_2_VERSION; 0x0304 for TLS 1.3 only
+  std::string ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";  // TLS 1.2
+  std::string ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+};
+
 struct Config {
   std::vector<ListenAddress> listen;
   std::vector<std::string> base_domains;
@@ -50,6 +57,7 @@ struct Config {
   absl::Duration hello_timeout = absl::Seconds(5);
   absl::Duration handshake_timeout = absl::Seconds(5);
   std::vector<TlsCertSpec> tls_certs;
+  TlsPolicy tls_policy;
   bool proxy_protocol = false;  // send a PROXY v2 header to instances
   absl::Duration ticket_key_rotation = absl::Hours(1);
   uint32_t hello_max_bytes = 65536;

@@ -141,7 +141,7 @@ absl::Status ControlPlane::Poll() {
 }
 
 absl::Status ControlPlane::LoadCertificates() {
-  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_);
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_, options_.tls_policy);
   if (!tls.ok()) return tls.status();
   tls_ = *std::move(tls);
   ++registry_version_;  // routing unchanged, but the snapshot carries the new contexts
@@ -151,7 +151,7 @@ absl::Status ControlPlane::LoadCertificates() {
 
 absl::Status ControlPlane::Reload() {
   // Validate both before applying either, so a bad certificate keeps the old registry too.
-  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_);
+  auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_, options_.tls_policy);
   if (!tls.ok()) return tls.status();
   if (auto s = registry_.Load(); !s.ok()) return s;
   tls_ = *std::move(tls);

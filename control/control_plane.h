@@ -36,6 +36,7 @@ struct ControlOptions {
   absl::Duration healthy_within = absl::Minutes(5);
   std::vector<std::string> base_domains;
   std::vector<TlsCertSpec> tls_certs;  // --tls-cert: reread by LoadCertificates()
+  TlsPolicy tls_policy;
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
   int32_t app_max_connections = 2000;

@@ -75,21 +75,31 @@ int TicketCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPH
   return ok == 1 ? result : -1;
 }
 
-absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned char* alpn, TicketKeys* tickets) {
+absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned char* alpn, TicketKeys* tickets,
+                                     const TlsPolicy& policy) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new: ", OpenSslError()));
   auto fail = [&](const std::string& what) {
     SSL_CTX_free(ctx);
     return absl::InvalidArgumentError(absl::StrCat("certificate for ", spec.domain, ": ", what));
   };
-  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_min_proto_version(ctx, policy.min_version);
   // A client that closes without close_notify ends its direction like a FIN
   // (SSL_ERROR_ZERO_RETURN) instead of failing the relay.
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
                                SSL_OP_IGNORE_UNEXPECTED_EOF);
-  // Forward-secret AEAD suites only.
-  SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
-  SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
+  // By default forward-secret AEAD suites only.
+  if (SSL_CTX_set_cipher_list(ctx, policy.ciphers.c_str()) != 1) {
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return absl::InvalidArgumentError(absl::StrCat("--tls-ciphers=", policy.ciphers, ": no usable cipher"));
+  }
+  if (SSL_CTX_set_ciphersuites(ctx, policy.ciphersuites.c_str()) != 1) {
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tls-ciphersuites=", policy.ciphersuites, ": no usable TLS 1.3 suite"));
+  }
   // The relay writes from a buffer that may move and accepts partial progress.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS);
@@ -155,7 +165,7 @@ void TicketKeys::Snapshot(Key& current, Key& previous, bool& has_previous) const
 
 absl::StatusOr<std::shared_ptr<const TlsContexts>> TlsContexts::Load(const std::vector<std::string>& base_domains,
                                                                      const std::vector<TlsCertSpec>& certs,
-                                                                     TicketKeys* tickets) {
+                                                                     TicketKeys* tickets, const TlsPolicy& policy) {
   auto out = std::shared_ptr<TlsContexts>(new TlsContexts());
   out->http_.assign(base_domains.size(), nullptr);
   out->h2_.assign(base_domains.size(), nullptr);
@@ -168,10 +178,10 @@ absl::StatusOr<std::shared_ptr<const TlsContexts>> TlsContexts::Load(const std::
       return absl::InvalidArgumentError(
           absl::StrCat("certificate for ", spec.domain, ": not one of the --base-domain values"));
     }
-    auto http = MakeContext(spec, kHttp11, tickets);
+    auto http = MakeContext(spec, kHttp11, tickets, policy);
     if (!http.ok()) return http.status();
     out->http_[index] = *http;
-    auto h2 = MakeContext(spec, kH2, tickets);
+    auto h2 = MakeContext(spec, kH2, tickets, policy);
     if (!h2.ok()) return h2.status();
     out->h2_[index] = *h2;
   }

@@ -48,7 +48,8 @@ class TlsContexts {
   // Every context encrypts session tickets with `tickets` (which must outlive them).
   static absl::StatusOr<std::shared_ptr<const TlsContexts>> Load(const std::vector<std::string>& base_domains,
                                                                  const std::vector<TlsCertSpec>& certs,
-                                                                 TicketKeys* tickets = nullptr);
+                                                                 TicketKeys* tickets = nullptr,
+                                                                 const TlsPolicy& policy = TlsPolicy());
   ~TlsContexts();
 
   // The context for base domain `index`: `h2` selects the gRPC one (ALPN h2 only),

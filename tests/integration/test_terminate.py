@@ -341,3 +341,15 @@ def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, e
     late = _connect_with(gw, ctx, name, session)
     assert not late.session_reused, "a ticket outlived two key rotations"
     late.close()
+
+
+def test_tls_min_version_13_refuses_a_tls12_client(make_gateway, certs, echo_port):
+    crt, key = certs["example.test"]
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--tls-min-version", "1.3"])
+    name = "app-%d.example.test" % echo_port
+    old = tls_context(certs, maximum_version=ssl.TLSVersion.TLSv1_2)
+    with pytest.raises(ssl.SSLError):
+        _connect_with(gw, old, name)
+    gw.wait_counter("closed_tls_handshake_failed", 1)
+    _connect_with(gw, tls_context(certs), name).close()

@@ -60,7 +60,7 @@ class ControlPlaneTest : public ::testing::Test {
       : dir_(std::filesystem::temp_directory_path() / ("cvmgate-cp-" + std::to_string(getpid()))),
         registry_(*IpPool::Create("10.0.0.0/8", "10.0.0.1"), (dir_ / "state.json").string()),
         domain_(1, *RouteSnapshot::Build({})),
-        control_({absl::Minutes(5), {"example.test"}, {}, "gw.example.test:51820", false}, registry_, domain_, &wg_,
+        control_({absl::Minutes(5), {"example.test"}, {}, {}, "gw.example.test:51820", false}, registry_, domain_, &wg_,
                  clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
     std::filesystem::create_directories(dir_);
   }

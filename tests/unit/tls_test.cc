@@ -85,5 +85,23 @@ TEST_F(TlsContextsTest, BadCertificatesAreRefusedWithTheReason) {
             std::string::npos);
 }
 
+TEST_F(TlsContextsTest, PolicyIsAppliedAndBadListsAreRefused) {
+  TlsPolicy only13;
+  only13.min_version = TLS1_3_VERSION;
+  auto tls = TlsContexts::Load({"example.test"}, {{"example.test", good_.chain, good_.key}}, nullptr, only13);
+  ASSERT_TRUE(tls.ok()) << tls.status();
+  EXPECT_EQ(SSL_CTX_get_min_proto_version((*tls)->context(0, false)), TLS1_3_VERSION);
+  TlsPolicy bad;
+  bad.ciphers = "NO-SUCH-CIPHER";
+  auto r = TlsContexts::Load({"example.test"}, {{"example.test", good_.chain, good_.key}}, nullptr, bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--tls-ciphers=NO-SUCH-CIPHER: no usable cipher"), std::string::npos);
+  bad = TlsPolicy();
+  bad.ciphersuites = "TLS_NOPE";
+  r = TlsContexts::Load({"example.test"}, {{"example.test", good_.chain, good_.key}}, nullptr, bad);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("no usable TLS 1.3 suite"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace cvmgate
