@@ -149,6 +149,13 @@ const std::vector<Flag>& Flags() {
          c.tls_policy.ciphersuites = v;
          return absl::OkStatus();
        }},
+      {"ktls", "auto|off", "auto",
+       "kernel TLS offload after the handshake where the kernel has it (userspace TLS otherwise, counted)",
+       [](Config& c, const std::string& v) {
+         if (v != "auto" && v != "off") return Bad("ktls", v, "expected auto or off");
+         c.tls_policy.ktls = v == "auto";
+         return absl::OkStatus();
+       }},
       {"ticket-key-rotation", "DURATION", "1h",
        "session-ticket key lifetime: tickets resume for up to two periods, then need a full handshake",
        DurationFlag("ticket-key-rotation", &Config::ticket_key_rotation)},

@@ -18,7 +18,12 @@ namespace cvmgate {
   X(closed_no_certificate, "default or g names under a domain without --tls-cert")        \
   X(closed_tls_handshake_failed, "TLS handshakes the client failed or aborted")           \
   X(closed_tls_handshake_timeout, "TLS handshakes not done within --handshake-timeout")   \
-  X(relay_tls_userspace, "terminated relays encrypting in userspace (no kTLS)")          \
+  X(relay_tls_userspace, "terminated relays encrypting in userspace (no kTLS TX)")       \
+  X(ktls_tx, "terminated relays whose client-bound crypto runs in kernel TLS (spliced)")   \
+  X(ktls_rx, "terminated relays whose client-side decryption runs in kernel TLS")          \
+  X(ktls_fallback_no_kernel_tls, "kTLS not engaged: the kernel has no TLS (userspace TLS)") \
+  X(ktls_fallback_tls13_rx, "TLS 1.3 decryption stays in userspace (OpenSSL 3.0 has no 1.3 RX)") \
+  X(ktls_fallback_disabled, "kTLS not tried: --ktls off")                                  \
   X(closed_overload, "connections refused: --max-connections reached")                    \
   X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \
   X(closed_hello_peer_closed, "the client closed or reset before its ClientHello ended")   \

@@ -86,8 +86,11 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
   SSL_CTX_set_min_proto_version(ctx, policy.min_version);
   // A client that closes without close_notify ends its direction like a FIN
   // (SSL_ERROR_ZERO_RETURN) instead of failing the relay.
+  // SSL_OP_ENABLE_KTLS: where the kernel has kTLS, OpenSSL 3.0 hands the
+  // socket's TX (TLS 1.2 and 1.3) and RX (TLS 1.2 only) crypto to it after the
+  // handshake; elsewhere it silently stays in userspace (the relay counts which).
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                               SSL_OP_IGNORE_UNEXPECTED_EOF);
+                               SSL_OP_IGNORE_UNEXPECTED_EOF | (policy.ktls ? SSL_OP_ENABLE_KTLS : 0));
   // By default forward-secret AEAD suites only.
   if (SSL_CTX_set_cipher_list(ctx, policy.ciphers.c_str()) != 1) {
     SSL_CTX_free(ctx);

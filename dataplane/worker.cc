@@ -505,7 +505,7 @@ ssize_t Worker::CopyIn(Conn& c, int d, bool& wait) {
 ssize_t Worker::CopyOut(Conn& c, int d, bool& wait) {
   Direction& x = c.dir[d];
   wait = false;
-  if (d == 1 && c.ssl != nullptr) {
+  if (d == 1 && c.ssl != nullptr && !c.ktls_tx) {
     ERR_clear_error();
     int n = SSL_write(c.ssl, x.buf.get() + x.buf_off, static_cast<int>(x.pending()));
     if (n > 0) return n;
@@ -632,15 +632,32 @@ void Worker::StartRelay(Conn& c) {
   c.phase = Phase::kRelay;
   counters_.Add(c.ssl == nullptr ? Counter::routed_passthrough
                                  : (c.grpc ? Counter::routed_grpc : Counter::routed_terminate));
-  // Plaintext of a terminated client passes through userspace (kTLS would let it splice).
-  bool copy = config_.splice_mode == SpliceMode::kCopy || c.ssl != nullptr;
-  if (c.ssl != nullptr) counters_.Add(Counter::relay_tls_userspace);
-  counters_.Add(copy ? Counter::relay_copy : Counter::relay_splice);
-  for (auto& d : c.dir) d.copy = copy;
+  bool copy = config_.splice_mode == SpliceMode::kCopy;
+  c.dir[0].copy = c.dir[1].copy = copy;
+  if (c.ssl != nullptr) {
+    // With kTLS TX the kernel encrypts what is written to the client socket, so
+    // the backend-to-client direction splices like passthrough. The client's
+    // records are read with SSL_read (decrypted by the kernel too where kTLS RX
+    // engaged), so that alerts and close_notify are seen for what they are.
+    c.ktls_tx = BIO_get_ktls_send(SSL_get_wbio(c.ssl)) != 0;
+    bool ktls_rx = BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) != 0;
+    c.dir[0].copy = true;
+    c.dir[1].copy = copy || !c.ktls_tx;
+    counters_.Add(c.ktls_tx ? Counter::ktls_tx : Counter::relay_tls_userspace);
+    if (ktls_rx) counters_.Add(Counter::ktls_rx);
+    if (!config_.tls_policy.ktls) {
+      counters_.Add(Counter::ktls_fallback_disabled);
+    } else if (!c.ktls_tx) {
+      counters_.Add(Counter::ktls_fallback_no_kernel_tls);
+    } else if (!ktls_rx && SSL_version(c.ssl) == TLS1_3_VERSION) {
+      counters_.Add(Counter::ktls_fallback_tls13_rx);
+    }
+  }
+  counters_.Add(c.dir[0].copy && c.dir[1].copy ? Counter::relay_copy : Counter::relay_splice);
   SetDeadline(c, now_ms_ + ToMs(config_.idle_timeout));
   for (int d = 0; d < 2; ++d) {
     if (c.phase != Phase::kRelay) return;
-    if (config_.splice_mode == SpliceMode::kUring && !copy) {
+    if (config_.splice_mode == SpliceMode::kUring && !c.dir[d].copy) {
       PumpUring(c, d);
     } else {
       Pump(c, d);

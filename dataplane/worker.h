@@ -74,6 +74,7 @@ class Worker {
     SSL* ssl = nullptr;  // terminated connections: the client side's TLS
     std::atomic<int32_t>* app_live = nullptr;  // the app slot this connection holds
     bool grpc = false;
+    bool ktls_tx = false;  // the kernel encrypts toward the client: plain writes and splice work
     uint64_t tried[16] = {};
     sockaddr_storage backend{};
     socklen_t backend_len = 0;

@@ -108,7 +108,7 @@ def test_terminated_payload_arrives_intact_both_ways(tgw, echo_port, version):
     assert len(got) == len(payload) + len(trailer(payload)), ex
     assert got == payload + trailer(payload), "bytes differ"
     c = tgw.counters()
-    assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] == 1, c
+    assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] + c["ktls_tx"] == 1, c
 
 
 def test_client_close_notify_half_closes_and_backend_end_sends_close_notify(tgw, certs, echo_port):
@@ -353,3 +353,51 @@ def test_tls_min_version_13_refuses_a_tls12_client(make_gateway, certs, echo_por
         _connect_with(gw, old, name)
     gw.wait_counter("closed_tls_handshake_failed", 1)
     _connect_with(gw, tls_context(certs), name).close()
+
+
+TLS_STAT = "/proc/net/tls_stat"
+
+
+def tls_stat():
+    with open(TLS_STAT) as f:
+        return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
+
+
+def _terminated_exchange(gw, echo_port, version, size=1 << 20):
+    c = TlsClient(gw.addr, "app-%d.example.test" % echo_port, timeout=60, tls_version=version)
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    payload = os.urandom(size)
+    ex = c.exchange(payload, timeout=60)
+    got = bytes(c.plain)
+    c.close()
+    assert got == payload + trailer(payload), "%d bytes back, %r" % (len(got), ex)
+    assert ex.tls_end == "close_notify", ex
+    return ex
+
+
+@pytest.mark.skipif(not os.path.exists(TLS_STAT),
+                    reason="this kernel has no TLS module: kTLS is tested in the kernel suite (tools/kernel-lab)")
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_ktls_offload_is_used(tgw, echo_port, version):
+    before = tls_stat()
+    _terminated_exchange(tgw, echo_port, version)
+    after = tls_stat()
+    assert after["TlsTxSw"] > before["TlsTxSw"], (before, after)
+    counters = tgw.counters()
+    assert counters["ktls_tx"] == 1 and counters["relay_tls_userspace"] == 0, counters
+    assert counters["relay_splice"] == 1, "the backend-to-client direction should splice into kTLS: %s" % counters
+    if version == ssl.TLSVersion.TLSv1_2:
+        assert after["TlsRxSw"] > before["TlsRxSw"], (before, after)
+        assert counters["ktls_rx"] == 1, counters
+    else:
+        assert counters["ktls_fallback_tls13_rx"] == 1, counters
+
+
+@pytest.mark.skipif(os.path.exists(TLS_STAT), reason="this kernel has kTLS: the fallback is not taken here")
+def test_without_kernel_tls_the_userspace_fallback_is_counted(tgw, echo_port):
+    _terminated_exchange(tgw, echo_port, ssl.TLSVersion.TLSv1_3)
+    counters = tgw.counters()
+    assert counters["ktls_fallback_no_kernel_tls"] == 1 and counters["relay_tls_userspace"] == 1, counters
+    assert counters["ktls_tx"] == 0, counters
