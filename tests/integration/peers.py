@@ -107,6 +107,36 @@ def wait_until(predicate, timeout, what, interval=0.02):
 # ---------------------------------------------------------------- backends
 
 
+class TcpServer:
+    """A plain TCP server on ip:port running serve(conn) in a thread per connection (the socket is closed after)."""
+
+    def __init__(self, ip, port, serve, backlog=64):
+        self.serve = serve
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        self.sock.listen(backlog)
+        threading.Thread(target=self._loop, daemon=True, name="tcp-server-%d" % port).start()
+
+    def _loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn):
+        with conn:
+            try:
+                self.serve(conn)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
 class Backend:
     """A threaded TLS server on ip:port that knows itself as name.
 

@@ -6,7 +6,7 @@ import time
 
 import peers
 from peers import TlsClient, sni_name
-from test_passthrough import assert_echo, open_relay
+from test_passthrough import assert_echo, expect_closed, open_relay
 
 
 def test_idle_relay_closed_after_idle_timeout(make_gateway, backends):
@@ -47,13 +47,7 @@ def test_drain_timeout_cuts_relays_that_do_not_finish(make_gateway, backends):
 def test_connections_over_max_connections_are_refused(make_gateway, backends):
     gw = make_gateway(workers=1, args=["--max-connections", "2"])
     held = [open_relay(gw, backends)[0] for _ in range(2)]
-    extra = TlsClient(gw.addr, sni_name("app", backends.port))
-    extra.connect()
-    extra.send_hello()
-    closed = extra.wait_closed(5)
-    extra.close()
-    assert closed.how in ("eof", "reset") and closed.data == b"", closed
-    gw.wait_counter("closed_overload", 1)
+    expect_closed(gw, "closed_overload", sni=sni_name("app", backends.port))
     # The held relays are unharmed, and a freed slot is reused.
     payload = os.urandom(4096)
     assert_echo(held[0].exchange(payload), payload)
@@ -125,13 +119,7 @@ def test_per_app_connection_limit(make_gateway, backends):
     state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2"}]}
     gw = make_gateway(state=state, args=["--app-max-connections", "2"])
     held = [open_relay(gw, backends)[0] for _ in range(2)]
-    extra = TlsClient(gw.addr, sni_name("app", backends.port))
-    extra.connect()
-    extra.send_hello()
-    closed = extra.wait_closed(5)
-    extra.close()
-    assert closed.how in ("eof", "reset") and closed.data == b"", closed
-    gw.wait_counter("closed_app_limit", 1)
+    expect_closed(gw, "closed_app_limit", sni=sni_name("app", backends.port))
     # Another app is not affected; the full app takes connections again once one ends.
     other, inst = open_relay(gw, backends, ident="other")
     other.close()

@@ -2,7 +2,6 @@
 
 import socket
 import struct
-import threading
 
 import pytest
 
@@ -14,65 +13,44 @@ BACKEND_IP = "127.0.0.2"
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
-class ProxyAwareBackend:
+def read_exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def proxy_aware(conn):
     """Reads the PROXY v2 header, answers 'src=<ip>:<port> dst=<ip>:<port>\\n', then echoes until EOF."""
-
-    def __init__(self):
-        self.port = peers.free_port(BACKEND_IP)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((BACKEND_IP, self.port))
-        self.sock.listen(16)
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _read(conn, n):
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise EOFError
-            data += chunk
-        return data
-
-    def _serve(self, conn):
-        with conn:
-            try:
-                head = self._read(conn, 16)
-                if head[:12] != SIGNATURE or head[12] != 0x21:
-                    conn.sendall(b"no proxy header\n")
-                    return
-                body = self._read(conn, struct.unpack("!H", head[14:16])[0])
-                if head[13] == 0x11:
-                    src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
-                    sport, dport = struct.unpack("!HH", body[8:12])
-                else:
-                    src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
-                    sport, dport = struct.unpack("!HH", body[32:36])
-                conn.sendall(("src=%s:%d dst=%s:%d\n" % (src, sport, dst, dport)).encode())
-                while True:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    conn.sendall(data)
-            except (EOFError, OSError):
-                return
-
-    def close(self):
-        self.sock.close()
+    try:
+        head = read_exactly(conn, 16)
+        if head[:12] != SIGNATURE or head[12] != 0x21:
+            conn.sendall(b"no proxy header\n")
+            return
+        body = read_exactly(conn, struct.unpack("!H", head[14:16])[0])
+    except EOFError:
+        return
+    if head[13] == 0x11:
+        src, dst = socket.inet_ntop(socket.AF_INET, body[0:4]), socket.inet_ntop(socket.AF_INET, body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+    else:
+        src, dst = socket.inet_ntop(socket.AF_INET6, body[0:16]), socket.inet_ntop(socket.AF_INET6, body[16:32])
+        sport, dport = struct.unpack("!HH", body[32:36])
+    conn.sendall(("src=%s:%d dst=%s:%d\n" % (src, sport, dst, dport)).encode())
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.sendall(data)
 
 
 @pytest.fixture(scope="module")
 def backend():
-    b = ProxyAwareBackend()
+    b = peers.TcpServer(BACKEND_IP, peers.free_port(BACKEND_IP), proxy_aware)
+    b.port = b.sock.getsockname()[1]
     yield b
     b.close()
 

@@ -17,38 +17,16 @@ from peers import TlsClient
 BACKEND_IP = "127.0.0.2"
 
 
-class PlainEcho:
-    """A plaintext TCP backend: echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
-
-    def __init__(self, ip, port):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn):
-        h = hashlib.sha256()
-        with conn:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                h.update(data)
-                conn.sendall(data)
-            conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
-
-    def close(self):
-        self.sock.close()
+def plain_echo(conn):
+    """Echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
+    h = hashlib.sha256()
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        h.update(data)
+        conn.sendall(data)
+    conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +46,7 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def echo_port():
     port = peers.free_port(BACKEND_IP)
-    server = PlainEcho(BACKEND_IP, port)
+    server = peers.TcpServer(BACKEND_IP, port, plain_echo)
     yield port
     server.close()
 
