@@ -22,7 +22,9 @@ namespace cvmgate {
   X(ktls_tx, "terminated relays whose client-bound crypto runs in kernel TLS (spliced)")   \
   X(ktls_rx, "terminated relays whose client-side decryption runs in kernel TLS")          \
   X(ktls_fallback_no_kernel_tls, "kTLS not engaged: the kernel has no TLS (userspace TLS)") \
-  X(ktls_fallback_tls13_rx, "TLS 1.3 decryption stays in userspace (OpenSSL 3.0 has no 1.3 RX)") \
+  X(ktls_fallback_tls13_rx, "TLS 1.3 RX could not be handed to the kernel (decrypted in userspace)") \
+  X(closed_tls_alert, "kTLS relays closed by an alert from the client")                   \
+  X(closed_tls_keyupdate, "kTLS relays closed on a TLS 1.3 KeyUpdate (the kernel cannot rekey)") \
   X(ktls_fallback_disabled, "kTLS not tried: --ktls off")                                  \
   X(closed_overload, "connections refused: --max-connections reached")                    \
   X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \

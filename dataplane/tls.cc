@@ -14,6 +14,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "dataplane/ktls_rx.h"
 
 namespace cvmgate {
 namespace {
@@ -127,6 +128,7 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
     return fail(absl::StrCat(spec.chain, " has expired"));
   }
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, const_cast<unsigned char*>(alpn));
+  if (policy.ktls) CaptureClientTrafficSecret(ctx);  // for TLS 1.3 kTLS RX (dataplane/ktls_rx.cc)
   if (tickets != nullptr) {
     SSL_CTX_set_ex_data(ctx, TicketIndex(), tickets);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketCallback);

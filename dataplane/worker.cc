@@ -18,6 +18,7 @@
 #include "absl/hash/hash.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
+#include "dataplane/ktls_rx.h"
 #include "dataplane/log.h"
 #include "dataplane/proxy_protocol.h"
 
@@ -474,7 +475,7 @@ void Worker::DoHandshake(Conn& c) {
 ssize_t Worker::CopyIn(Conn& c, int d, bool& wait) {
   Direction& x = c.dir[d];
   wait = false;
-  if (d == 0 && c.ssl != nullptr) {
+  if (d == 0 && c.ssl != nullptr && !c.ktls_rx_raw) {
     ERR_clear_error();
     int n = SSL_read(c.ssl, x.buf.get(), BufferPool::kSize);
     if (n > 0) return n;
@@ -493,12 +494,22 @@ ssize_t Worker::CopyIn(Conn& c, int d, bool& wait) {
     ssize_t n = recv(src, x.buf.get(), BufferPool::kSize, MSG_DONTWAIT);
     if (n >= 0) return n;
     if (errno == EINTR) continue;
+    if (d == 0 && c.ktls_rx_raw && errno == EIO) return OnControlRecord(c) ? 0 : -1;
     if (errno == EAGAIN) {
       wait = true;
       buffers_.Put(x.buf);
       ArmRelayPoll(c, d, src, POLLIN);
     }
     return -1;
+  }
+}
+
+bool Worker::OnControlRecord(Conn& c) {
+  switch (ReadControlRecord(c.cfd)) {
+    case ControlRecord::kCloseNotify: return true;
+    case ControlRecord::kAlert: Abort(c, Counter::closed_tls_alert); return false;
+    case ControlRecord::kKeyUpdate: Abort(c, Counter::closed_tls_keyupdate); return false;
+    default: Abort(c, Counter::closed_relay_error); return false;
   }
 }
 
@@ -636,12 +647,23 @@ void Worker::StartRelay(Conn& c) {
   c.dir[0].copy = c.dir[1].copy = copy;
   if (c.ssl != nullptr) {
     // With kTLS TX the kernel encrypts what is written to the client socket, so
-    // the backend-to-client direction splices like passthrough. The client's
-    // records are read with SSL_read (decrypted by the kernel too where kTLS RX
-    // engaged), so that alerts and close_notify are seen for what they are.
+    // the backend-to-client direction splices like passthrough; with kTLS RX the
+    // client's socket yields plaintext and the other direction splices too,
+    // non-data records (close_notify, alerts, KeyUpdate) being read with recvmsg.
     c.ktls_tx = BIO_get_ktls_send(SSL_get_wbio(c.ssl)) != 0;
     bool ktls_rx = BIO_get_ktls_recv(SSL_get_rbio(c.ssl)) != 0;
-    c.dir[0].copy = true;
+    bool tls13_rx_failed = false;
+    if (c.ktls_tx && !ktls_rx && SSL_version(c.ssl) == TLS1_3_VERSION) {
+      // OpenSSL 3.0 offloads TLS 1.3 TX only: cvmgate installs RX itself, and
+      // from then on reads the client's socket directly (splice).
+      c.ktls_rx_raw = ktls_rx = EnableTls13KtlsRx(c.ssl, c.cfd).ok();
+      tls13_rx_failed = !ktls_rx;
+    } else if (ktls_rx && !SSL_has_pending(c.ssl)) {
+      // TLS 1.2 RX offloaded by OpenSSL, and nothing left in its buffers: the
+      // socket yields plaintext, so this direction splices too.
+      c.ktls_rx_raw = true;
+    }
+    c.dir[0].copy = copy || !c.ktls_rx_raw;
     c.dir[1].copy = copy || !c.ktls_tx;
     counters_.Add(c.ktls_tx ? Counter::ktls_tx : Counter::relay_tls_userspace);
     if (ktls_rx) counters_.Add(Counter::ktls_rx);
@@ -649,7 +671,7 @@ void Worker::StartRelay(Conn& c) {
       counters_.Add(Counter::ktls_fallback_disabled);
     } else if (!c.ktls_tx) {
       counters_.Add(Counter::ktls_fallback_no_kernel_tls);
-    } else if (!ktls_rx && SSL_version(c.ssl) == TLS1_3_VERSION) {
+    } else if (tls13_rx_failed) {
       counters_.Add(Counter::ktls_fallback_tls13_rx);
     }
   }
@@ -766,6 +788,12 @@ void Worker::Pump(Conn& c, int d) {
       return;
     }
     if (errno == EINTR) continue;
+    if (d == 0 && c.ktls_rx_raw && (errno == EINVAL || errno == EIO)) {
+      // splice stops at a non-data record on a kTLS RX socket.
+      if (!OnControlRecord(c)) return;
+      x.eof = true;
+      continue;
+    }
     if (errno == EAGAIN) {
       // Idle: give the empty pipe or buffer back while waiting.
       pipes_.PutEmpty(x.pipe);
@@ -840,6 +868,10 @@ void Worker::OnSpliceIn(Conn& c, int d, int res) {
     pipes_.PutEmpty(x.pipe);
     ArmRelayPoll(c, d, d == 0 ? c.cfd : c.bfd, POLLIN);
     return;
+  } else if (d == 0 && c.ktls_rx_raw && (res == -EINVAL || res == -EIO)) {
+    // A non-data record on the kTLS RX socket.
+    if (!OnControlRecord(c)) return;
+    x.eof = true;
   } else if (res == -EINVAL || res == -EOPNOTSUPP) {
     SwitchToCopy(c, d);
     Pump(c, d);

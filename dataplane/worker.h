@@ -75,6 +75,7 @@ class Worker {
     std::atomic<int32_t>* app_live = nullptr;  // the app slot this connection holds
     bool grpc = false;
     bool ktls_tx = false;  // the kernel encrypts toward the client: plain writes and splice work
+    bool ktls_rx_raw = false;  // the kernel decrypts the client's records and OpenSSL is out of the read path
     uint64_t tried[16] = {};
     sockaddr_storage backend{};
     socklen_t backend_len = 0;
@@ -138,6 +139,9 @@ class Worker {
   // -1 having armed the readiness poll it waits for (`wait` set), or -1 on error.
   ssize_t CopyIn(Conn& c, int d, bool& wait);
   ssize_t CopyOut(Conn& c, int d, bool& wait);
+  // A non-data record stopped a read on a kTLS RX socket: true when it was the
+  // client's close_notify (the direction ends); otherwise the relay is closed.
+  bool OnControlRecord(Conn& c);
   // Counts the connection against its app's limit once; false when the app is full.
   bool TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found);
   void StartConnect(Conn& c);

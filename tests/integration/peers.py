@@ -542,6 +542,17 @@ class TlsClient:
     def half_close(self):
         self._pump(b"", half_close=True)
 
+    def send_close_notify(self):
+        """Send TLS close_notify (not a TCP FIN); reading may go on until the peer ends."""
+        try:
+            self.sslobj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        data = self.outgoing.read()
+        self.sock.setblocking(True)
+        self.sock.sendall(data)
+        self.sock.setblocking(False)
+
     def echo(self, payload, timeout=None):
         """Send payload and read until as many more plaintext bytes have come back."""
         want = len(self.plain) + len(payload)
