@@ -65,8 +65,6 @@ class ControlPlane {
   HttpResponse Handle(const HttpRequest& request);
 
   uint64_t publishes() const { return publishes_; }
-  const TicketKeys& tickets() const { return tickets_; }
-  size_t healthy_count() const { return healthy_count_; }
 
  private:
   HttpResponse Register(const HttpRequest& request);

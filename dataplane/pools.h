@@ -42,7 +42,6 @@ class PipePool {
     int fds[2];
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
     out = {fds[0], fds[1]};
-    ++created_;
     // A larger pipe moves more per splice call. Unprivileged processes are
     // capped by fs.pipe-max-size and fs.pipe-user-pages-soft: then the
     // kernel's default capacity stays, which is correct, only slower.
@@ -64,8 +63,6 @@ class PipePool {
     if (p.valid()) Close(p);
     p = {};
   }
-  size_t idle() const { return idle_.size(); }
-  uint64_t created() const { return created_; }
 
  private:
   static void Close(Pipe& p) {
@@ -76,7 +73,6 @@ class PipePool {
   int pipe_size_;
   WorkerCounters& counters_;
   std::vector<Pipe> idle_;
-  uint64_t created_ = 0;
 };
 
 // Copy buffers for relay directions that cannot splice.
