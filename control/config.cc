@@ -160,7 +160,8 @@ const std::vector<Flag>& Flags() {
        "session-ticket key lifetime: tickets resume for up to two periods, then need a full handshake",
        DurationFlag("ticket-key-rotation", &Config::ticket_key_rotation)},
       {"proxy-protocol", nullptr, "",
-       "send a PROXY protocol v2 header to each instance so it sees the client's address (all modes)",
+       "send a PROXY protocol v2 header to each instance so it sees the client's address (all modes); "
+       "an app may override it (cvmgatectl app-set)",
        [](Config& c, const std::string&) {
          c.proxy_protocol = true;
          return absl::OkStatus();
@@ -190,7 +191,9 @@ const std::vector<Flag>& Flags() {
       {"max-connections", "N", "from the fd limit",
        "connections held at once (each relay takes 2 descriptors); past it new ones are refused",
        IntFlag("max-connections", &Config::max_connections, 1, 1 << 24)},
-      {"app-max-connections", "N", "2000", "connections one app may hold at once; past it new ones are refused",
+      {"app-max-connections", "N", "2000",
+       "connections one app may hold at once; past it new ones are refused; an app may override it "
+       "(cvmgatectl app-set)",
        IntFlag("app-max-connections", &Config::app_max_connections, 1, 1 << 24)},
       {"backlog", "N", "4096", "listen backlog of each listening socket",
        IntFlag("backlog", &Config::backlog, 1, 1 << 20)},

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
@@ -52,7 +54,6 @@ ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotD
       wg_(wg),
       clock_(clock),
       worker_metrics_(std::move(worker_metrics)),
-      app_limits_(options_.app_max_connections),
       tickets_rotated_(clock.Now()) {}
 
 int64_t ControlPlane::LastHandshake(const Registration& reg) const {
@@ -71,13 +72,13 @@ absl::Status ControlPlane::Publish() {
     bool up = IsHealthy(reg, LastHandshake(reg), now, options_.healthy_within);
     healthy += up;
     health.push_back(up);
-    entries.push_back({reg.app, reg.id, reg.address, up});
+    entries.push_back({reg.app, reg.id, reg.address, up, MaxConnections(reg.app), ProxyProtocol(reg.app)});
   }
   // Workers only see a new snapshot when routing really changed.
   if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
     return absl::OkStatus();
   }
-  auto snap = RouteSnapshot::Build(entries, &app_limits_, tls_);
+  auto snap = RouteSnapshot::Build(entries, &app_counters_, tls_);
   if (!snap.ok()) return snap.status();
   domain_.Publish(*std::move(snap));
   published_health_ = std::move(health);
@@ -176,12 +177,17 @@ HttpResponse ControlPlane::Handle(const HttpRequest& req) {
   }
   if (req.path == "/v1/list") return req.method == "GET" ? List() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/explain") return req.method == "GET" ? Explain(req) : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/apps") return req.method == "GET" ? Apps() : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/app-settings") {
+    return req.method == "POST" ? SetAppSettings(req) : Json(405, {{"error", "use POST"}});
+  }
   if (req.path == "/metrics") return req.method == "GET" ? Metrics() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/reload-certificates") {
     return req.method == "POST" ? ReloadCertificates() : Json(405, {{"error", "use POST"}});
   }
   return Json(404, {{"error", absl::StrCat("no endpoint ", req.path,
-                                           " (have /v1/register, /v1/deregister, /v1/list, /v1/explain, /v1/reload-certificates, /metrics)")}});
+                                           " (have /v1/register, /v1/deregister, /v1/list, /v1/apps, /v1/app-settings, /v1/explain, "
+                                           "/v1/reload-certificates, /metrics)")}});
 }
 
 HttpResponse ControlPlane::Register(const HttpRequest& req) {
@@ -305,9 +311,11 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   out["pinned"] = pinned;
   out["candidates"] = candidates;
   std::string app = pinned ? all.at(name.target.id).app : name.target.id;
-  int32_t live = app_limits_.live(app);
+  int32_t live = app_counters_.live(app);
+  int32_t max = MaxConnections(app);
   out["app_connections"] = live;
-  out["app_max_connections"] = app_limits_.max();
+  out["app_max_connections"] = max;
+  out["proxy_protocol"] = ProxyProtocol(app);
   const std::string& domain = options_.base_domains[name.target.base_domain];
   bool terminate = name.target.mode != Mode::kPassthrough;
   bool has_cert = tls_ != nullptr && tls_->context(name.target.base_domain, false) != nullptr;
@@ -320,7 +328,7 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   } else if (healthy == 0) {
     out["verdict"] = "refused: no healthy instance";
     out["routable"] = false;
-  } else if (live >= app_limits_.max()) {
+  } else if (live >= max) {
     out["verdict"] = absl::StrCat("refused: app ", app, " holds ", live, " connections, its limit");
     out["routable"] = false;
   } else {
@@ -332,6 +340,83 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
     out["routable"] = true;
   }
   return Json(200, out);
+}
+
+int32_t ControlPlane::MaxConnections(const std::string& app) const {
+  return registry_.app_settings(app).max_connections.value_or(options_.app_max_connections);
+}
+
+bool ControlPlane::ProxyProtocol(const std::string& app) const {
+  return registry_.app_settings(app).proxy_protocol.value_or(options_.proxy_protocol);
+}
+
+HttpResponse ControlPlane::Apps() {
+  std::map<std::string, size_t> instances;
+  for (const auto& [id, reg] : registry_.instances()) ++instances[reg.app];
+  for (const auto& [app, settings] : registry_.all_app_settings()) instances.try_emplace(app, 0);
+  json apps = json::array();
+  for (const auto& [app, count] : instances) {
+    const AppSettings& s = registry_.app_settings(app);
+    json overrides = json::object();
+    if (s.proxy_protocol) overrides["proxy_protocol"] = *s.proxy_protocol;
+    if (s.max_connections) overrides["max_connections"] = *s.max_connections;
+    apps.push_back({{"app", app},
+                    {"instances", count},
+                    {"connections", app_counters_.live(app)},
+                    {"max_connections", MaxConnections(app)},
+                    {"proxy_protocol", ProxyProtocol(app)},
+                    {"overrides", overrides}});
+  }
+  return Json(200, {{"apps", apps},
+                    {"defaults", {{"max_connections", options_.app_max_connections},
+                                  {"proxy_protocol", options_.proxy_protocol}}}});
+}
+
+// A field set to a value overrides the flag, set to null follows the flag
+// again, and left out stays as it is.
+HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
+  json body = json::parse(req.body, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) return Error(absl::InvalidArgumentError("the body must be a JSON object"));
+  std::string app = Field(body, "app");
+  if (app.empty()) return Error(absl::InvalidArgumentError("give 'app'"));
+  for (const auto& [name, value] : body.items()) {
+    if (name != "app" && name != "proxy_protocol" && name != "max_connections") {
+      return Error(absl::InvalidArgumentError(
+          absl::StrCat("unknown field '", name, "' (have app, proxy_protocol, max_connections)")));
+    }
+  }
+  AppSettings next = registry_.app_settings(absl::AsciiStrToLower(app));
+  if (auto it = body.find("proxy_protocol"); it != body.end()) {
+    if (it->is_null()) {
+      next.proxy_protocol.reset();
+    } else if (it->is_boolean()) {
+      next.proxy_protocol = it->get<bool>();
+    } else {
+      return Error(absl::InvalidArgumentError("'proxy_protocol' must be true, false or null (the --proxy-protocol flag)"));
+    }
+  }
+  if (auto it = body.find("max_connections"); it != body.end()) {
+    if (it->is_null()) {
+      next.max_connections.reset();
+    } else if (it->is_number_integer() && it->get<int64_t>() >= 1 && it->get<int64_t>() <= kMaxAppConnectionsLimit) {
+      next.max_connections = it->get<int32_t>();
+    } else {
+      return Error(absl::InvalidArgumentError(absl::StrCat(
+          "'max_connections' must be an integer in [1, ", kMaxAppConnectionsLimit, "] or null (--app-max-connections)")));
+    }
+  }
+  auto changed = registry_.SetAppSettings(app, next);
+  if (!changed.ok()) return Error(changed.status());
+  std::string id = absl::AsciiStrToLower(app);
+  if (*changed) {
+    ++registry_version_;
+    Log("app ", id, ": max_connections ", MaxConnections(id), ", proxy_protocol ", ProxyProtocol(id) ? "on" : "off");
+  }
+  if (auto s = Publish(); !s.ok()) return Error(s);
+  return Json(200, {{"app", id},
+                    {"changed", *changed},
+                    {"max_connections", MaxConnections(id)},
+                    {"proxy_protocol", ProxyProtocol(id)}});
 }
 
 HttpResponse ControlPlane::Metrics() {

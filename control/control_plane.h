@@ -39,8 +39,9 @@ struct ControlOptions {
   TlsPolicy tls_policy;
   std::string gateway_endpoint;  // host:port the CVMs dial, returned by register
   bool keep_unknown_peers = false;
-  int32_t app_max_connections = 2000;
+  int32_t app_max_connections = 2000;  // unless the app overrides it
   absl::Duration ticket_key_rotation = absl::Hours(1);
+  bool proxy_protocol = false;  // unless the app overrides it
 };
 
 class ControlPlane {
@@ -71,6 +72,11 @@ class ControlPlane {
   HttpResponse Deregister(const HttpRequest& request);
   HttpResponse List();
   HttpResponse Explain(const HttpRequest& request);
+  HttpResponse Apps();
+  HttpResponse SetAppSettings(const HttpRequest& request);
+  // The flags with the app's overrides applied.
+  int32_t MaxConnections(const std::string& app) const;
+  bool ProxyProtocol(const std::string& app) const;
   HttpResponse Metrics();
   HttpResponse ReloadCertificates();
   int64_t LastHandshake(const Registration& reg) const;
@@ -95,7 +101,7 @@ class ControlPlane {
   double last_poll_seconds_ = 0;
   int64_t last_poll_unix_ = 0;
   std::string gateway_public_key_;
-  AppLimits app_limits_;
+  AppCounters app_counters_;
   TicketKeys tickets_;
   absl::Time tickets_rotated_;
   std::shared_ptr<const TlsContexts> tls_;

@@ -63,15 +63,31 @@ absl::Status Registry::Load() {
   if (!fresh.ok()) return fresh.status();
   IpPool pool = *std::move(fresh);
   std::map<std::string, Registration> loaded;
+  std::map<std::string, AppSettings> settings;
   absl::flat_hash_set<std::string> keys;
   if (doc.contains("apps")) {
     if (!doc["apps"].is_object()) return fail("'apps' must be an object");
     for (auto& [raw_app, app] : doc["apps"].items()) {
       auto app_id = ValidId("app id", raw_app);
       if (!app_id.ok()) return fail(std::string(app_id.status().message()));
-      if (!app.is_object() || !app.contains("instances") || !app["instances"].is_array()) {
+      if (!app.is_object() || (app.contains("instances") && !app["instances"].is_array())) {
         return fail(absl::StrCat("app '", *app_id, "': 'instances' must be an array"));
       }
+      AppSettings s;
+      if (app.contains("proxy_protocol")) {
+        if (!app["proxy_protocol"].is_boolean()) return fail(absl::StrCat("app '", *app_id, "': 'proxy_protocol' must be true or false"));
+        s.proxy_protocol = app["proxy_protocol"].get<bool>();
+      }
+      if (app.contains("max_connections")) {
+        const auto& m = app["max_connections"];
+        if (!m.is_number_integer() || m.get<int64_t>() < 1 || m.get<int64_t>() > kMaxAppConnectionsLimit) {
+          return fail(absl::StrCat("app '", *app_id, "': 'max_connections' must be an integer in [1, ",
+                                   kMaxAppConnectionsLimit, "]"));
+        }
+        s.max_connections = m.get<int32_t>();
+      }
+      if (!s.empty()) settings[*app_id] = s;
+      if (!app.contains("instances")) continue;
       for (auto& entry : app["instances"]) {
         if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_string() || !entry.contains("address") ||
             !entry["address"].is_string()) {
@@ -111,6 +127,7 @@ absl::Status Registry::Load() {
   }
   pool_ = std::move(pool);
   instances_ = std::move(loaded);
+  settings_ = std::move(settings);
   return absl::OkStatus();
 }
 
@@ -120,6 +137,12 @@ std::string Registry::ToJson() const {
     nlohmann::json inst = {{"id", reg.id}, {"address", reg.address}};
     if (reg.key) inst["public_key"] = reg.key->ToBase64();
     apps[reg.app]["instances"].push_back(inst);
+  }
+  for (const auto& [app, s] : settings_) {
+    nlohmann::json& entry = apps[app];
+    if (!entry.contains("instances")) entry["instances"] = nlohmann::json::array();
+    if (s.proxy_protocol) entry["proxy_protocol"] = *s.proxy_protocol;
+    if (s.max_connections) entry["max_connections"] = *s.max_connections;
   }
   nlohmann::json doc = {{"version", kStateVersion}, {"apps", apps}};
   return doc.dump(1) + "\n";
@@ -239,6 +262,33 @@ absl::StatusOr<Registration> Registry::Deregister(std::string_view raw_id) {
   }
   if (auto ip = Ipv4(removed.address); ip && pool_.Contains(*ip)) pool_.Release(*ip);
   return removed;
+}
+
+absl::StatusOr<bool> Registry::SetAppSettings(std::string_view raw_app, const AppSettings& settings) {
+  auto app = ValidId("app id", raw_app);
+  if (!app.ok()) return app.status();
+  if (settings.max_connections && (*settings.max_connections < 1 || *settings.max_connections > kMaxAppConnectionsLimit)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_connections must be in [1, ", kMaxAppConnectionsLimit, "], not ", *settings.max_connections));
+  }
+  if (app_settings(*app) == settings) return false;
+  std::map<std::string, AppSettings> previous = settings_;
+  if (settings.empty()) {
+    settings_.erase(*app);
+  } else {
+    settings_[*app] = settings;
+  }
+  if (auto s = Save(); !s.ok()) {
+    settings_ = std::move(previous);
+    return absl::Status(s.code(), absl::StrCat("app settings not saved: ", s.message()));
+  }
+  return true;
+}
+
+const AppSettings& Registry::app_settings(const std::string& app) const {
+  static const AppSettings kNone;
+  auto it = settings_.find(app);
+  return it == settings_.end() ? kNone : it->second;
 }
 
 }  // namespace cvmgate

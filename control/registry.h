@@ -20,6 +20,15 @@ struct Registration {
   bool is_static() const { return !key.has_value(); }
 };
 
+// An app's overrides of the global flags; unset fields follow the flag.
+struct AppSettings {
+  std::optional<bool> proxy_protocol = std::nullopt;      // --proxy-protocol
+  std::optional<int32_t> max_connections = std::nullopt;  // --app-max-connections
+  bool empty() const { return !proxy_protocol && !max_connections; }
+  bool operator==(const AppSettings&) const = default;
+};
+inline constexpr int32_t kMaxAppConnectionsLimit = 1 << 24;
+
 // Owned by the control thread. Every mutation is validated first and written
 // to the state file before it is acknowledged; when the write fails, memory is
 // rolled back, so nothing is ever half-applied.
@@ -39,6 +48,12 @@ class Registry {
   absl::StatusOr<Outcome> Register(std::string_view app, std::string_view id, std::string_view public_key);
   absl::StatusOr<Outcome> RegisterStatic(std::string_view app, std::string_view id, std::string_view address);
   absl::StatusOr<Registration> Deregister(std::string_view id);
+  // Replaces an app's overrides (an empty value removes them). The app need
+  // not have instances yet: settings may be made before the first CVM registers.
+  // Returns whether anything changed.
+  absl::StatusOr<bool> SetAppSettings(std::string_view app, const AppSettings& settings);
+  const AppSettings& app_settings(const std::string& app) const;
+  const std::map<std::string, AppSettings>& all_app_settings() const { return settings_; }
 
   const std::map<std::string, Registration>& instances() const { return instances_; }
   const IpPool& pool() const { return pool_; }
@@ -52,6 +67,7 @@ class Registry {
   IpPool pool_;
   std::string path_;
   std::map<std::string, Registration> instances_;  // by instance id
+  std::map<std::string, AppSettings> settings_;     // by app id; never holds an empty value
 };
 
 }  // namespace cvmgate

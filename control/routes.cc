@@ -33,27 +33,31 @@ absl::Status ParseAddress(const std::string& text, Instance& inst) {
 
 }  // namespace
 
-std::atomic<int32_t>* AppLimits::Counter(const std::string& app) {
+std::atomic<int32_t>* AppCounters::Counter(const std::string& app) {
   auto& c = counters_[app];
   if (!c) c = std::make_unique<std::atomic<int32_t>>(0);
   return c.get();
 }
 
-int32_t AppLimits::live(const std::string& app) const {
+int32_t AppCounters::live(const std::string& app) const {
   auto it = counters_.find(app);
   return it == counters_.end() ? 0 : it->second->load(std::memory_order_relaxed);
 }
 
 absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const std::vector<RouteEntry>& entries,
-                                                                          AppLimits* limits,
+                                                                          AppCounters* counters,
                                                                           std::shared_ptr<const TlsContexts> tls) {
   auto snap = std::unique_ptr<RouteSnapshot>(new RouteSnapshot());
   snap->tls_ = std::move(tls);
   snap->instances_.reserve(entries.size());
-  if (limits != nullptr) snap->app_limit_ = limits->max();
   for (const RouteEntry& e : entries) {
-    App& app = snap->apps_[e.app];
-    if (limits != nullptr && app.live == nullptr) app.live = limits->Counter(e.app);
+    auto [it, first] = snap->apps_.try_emplace(e.app);
+    App& app = it->second;
+    if (first) {
+      app.max_connections = e.max_connections;
+      app.proxy_protocol = e.proxy_protocol;
+      if (counters != nullptr) app.live = counters->Counter(e.app);
+    }
     if (e.id.empty()) continue;  // an app without instances: known, never routable
     Instance inst;
     inst.id = e.id;
@@ -61,6 +65,8 @@ absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const 
     inst.address = e.address;
     inst.healthy = e.healthy;
     inst.app_live = app.live;
+    inst.app_max_connections = app.max_connections;
+    inst.proxy_protocol = app.proxy_protocol;
     if (auto s = ParseAddress(inst.address, inst); !s.ok()) return s;
     uint32_t index = static_cast<uint32_t>(snap->instances_.size());
     snap->by_instance_id_[inst.id] = index;
@@ -75,10 +81,14 @@ absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const 
 RouteSnapshot::Lookup RouteSnapshot::Find(std::string_view id) const {
   if (auto it = by_instance_id_.find(AbslView(id)); it != by_instance_id_.end()) {
     const Instance& inst = instances_[it->second];
-    if (!inst.healthy) return {true, {}, inst.app_live};
-    return {true, std::span(self_index_).subspan(it->second, 1), inst.app_live};
+    std::span<const uint32_t> self = inst.healthy ? std::span(self_index_).subspan(it->second, 1)
+                                                  : std::span<const uint32_t>();
+    return {true, self, inst.app_live, inst.app_max_connections, inst.proxy_protocol};
   }
-  if (auto it = apps_.find(AbslView(id)); it != apps_.end()) return {true, it->second.healthy, it->second.live};
+  if (auto it = apps_.find(AbslView(id)); it != apps_.end()) {
+    const App& app = it->second;
+    return {true, app.healthy, app.live, app.max_connections, app.proxy_protocol};
+  }
   return {};
 }
 

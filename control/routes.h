@@ -25,7 +25,9 @@ struct Instance {
   std::string app;
   std::string address;  // as written in the state file
   bool healthy = true;
-  std::atomic<int32_t>* app_live = nullptr;  // the app's live-connection count (see AppLimits)
+  std::atomic<int32_t>* app_live = nullptr;  // the app's live-connection count (see AppCounters)
+  int32_t app_max_connections = INT32_MAX;
+  bool proxy_protocol = false;  // the app's PROXY v2 setting
   sockaddr_storage addr{};  // port left 0: the port comes from the host name
   socklen_t addr_len = 0;
 };
@@ -36,21 +38,22 @@ struct RouteEntry {
   std::string id;
   std::string address;  // IPv4 or IPv6 literal
   bool healthy = true;
+  // The app's effective settings (global flag or the app's override); the
+  // first entry of an app decides them.
+  int32_t max_connections = INT32_MAX;
+  bool proxy_protocol = false;
 };
 
 // Live connections per app, counted by every worker. The counters outlive
 // snapshots (a connection may end long after the snapshot that routed it), so
 // one is made per app id and kept: a few bytes per app ever registered.
-class AppLimits {
+class AppCounters {
  public:
-  explicit AppLimits(int32_t max_per_app) : max_(max_per_app) {}
-  // Control thread only. The pointer stays valid for the AppLimits' lifetime.
+  // Control thread only. The pointer stays valid for the AppCounters' lifetime.
   std::atomic<int32_t>* Counter(const std::string& app);
-  int32_t max() const { return max_; }
   int32_t live(const std::string& app) const;
 
  private:
-  int32_t max_;
   absl::flat_hash_map<std::string, std::unique_ptr<std::atomic<int32_t>>> counters_;
 };
 
@@ -59,18 +62,20 @@ class RouteSnapshot {
  public:
   // Ids are valid lowercase ids and unique (the registry guarantees it); an
   // address that is not an IP literal is an error.
-  // With `limits`, each app's connections are counted against limits->max().
+  // With `counters`, each app's connections are counted against its entries'
+  // max_connections.
   // `tls` (may be null) travels with the routes, so a certificate reload
   // reaches the workers the same lock-free way.
   static absl::StatusOr<std::unique_ptr<const RouteSnapshot>> Build(
-      const std::vector<RouteEntry>& entries, AppLimits* limits = nullptr,
+      const std::vector<RouteEntry>& entries, AppCounters* counters = nullptr,
       std::shared_ptr<const TlsContexts> tls = nullptr);
   struct Lookup {
     bool known = false;                // an instance or app with this id exists
     std::span<const uint32_t> healthy;  // indexes into instances() that may be picked
     std::atomic<int32_t>* app_live = nullptr;  // null: not counted
+    int32_t app_max_connections = INT32_MAX;
+    bool proxy_protocol = false;
   };
-  int32_t app_limit() const { return app_limit_; }
   // The termination contexts in force; null when no --tls-cert is configured.
   const TlsContexts* tls() const { return tls_.get(); }
   // `id` is tried as an instance id first (pinning that instance), then as an app id.
@@ -85,9 +90,10 @@ class RouteSnapshot {
   struct App {
     std::vector<uint32_t> healthy;
     std::atomic<int32_t>* live = nullptr;
+    int32_t max_connections = INT32_MAX;
+    bool proxy_protocol = false;
   };
   absl::flat_hash_map<std::string, App> apps_;
-  int32_t app_limit_ = 0;
   std::shared_ptr<const TlsContexts> tls_;
   absl::flat_hash_map<std::string, uint32_t> by_instance_id_;
   // Candidates() hands out a one-element span for a pinned instance.

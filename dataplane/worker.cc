@@ -545,7 +545,7 @@ ssize_t Worker::CopyOut(Conn& c, int d, bool& wait) {
 
 bool Worker::TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found) {
   if (c.app_live != nullptr || found.app_live == nullptr) return true;
-  if (found.app_live->fetch_add(1, std::memory_order_relaxed) >= snap_->app_limit()) {
+  if (found.app_live->fetch_add(1, std::memory_order_relaxed) >= found.app_max_connections) {
     found.app_live->fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
@@ -565,6 +565,7 @@ void Worker::StartConnect(Conn& c) {
     Abort(c, Counter::closed_app_limit);
     return;
   }
+  c.proxy_protocol = found.proxy_protocol;
   // Instances already tried are remembered by id hash: indexes do not survive a reload.
   uint32_t excluded[16];
   size_t n_excluded = 0;
@@ -625,7 +626,7 @@ void Worker::OnConnect(Conn& c, int res) {
 // --- relay -----------------------------------------------------------------
 
 void Worker::StartRelay(Conn& c) {
-  if (config_.proxy_protocol) {
+  if (c.proxy_protocol) {
     // The header goes first on a fresh, empty socket: a short write would mean
     // a socket that cannot take 52 bytes, which is an error, not back-pressure.
     sockaddr_storage client{}, local{};

@@ -73,6 +73,7 @@ class Worker {
     std::string id;
     SSL* ssl = nullptr;  // terminated connections: the client side's TLS
     std::atomic<int32_t>* app_live = nullptr;  // the app slot this connection holds
+    bool proxy_protocol = false;  // the app wants a PROXY v2 header first
     bool grpc = false;
     bool ktls_tx = false;  // the kernel encrypts toward the client: plain writes and splice work
     bool ktls_rx_raw = false;  // the kernel decrypts the client's records and OpenSSL is out of the read path

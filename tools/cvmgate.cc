@@ -218,7 +218,8 @@ int Main(int argc, char** argv) {
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,
-                         config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation};
+                         config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation,
+                         config.proxy_protocol};
   ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
   if (auto s = control.LoadCertificates(); !s.ok()) {
     Log(s.message());

@@ -38,6 +38,11 @@ const std::vector<Verb> kVerbs = {
      "a new key for an instance replaces its peer and keeps its address."},
     {"deregister", "deregister --instance ID", "remove an instance, its WireGuard peer and its address"},
     {"list", "list", "every instance with its address, last WireGuard handshake and health"},
+    {"apps", "apps", "every app with its connections and settings (overrides marked with *)"},
+    {"app-set", "app-set APP [--proxy-protocol on|off|default] [--max-connections N|default]",
+     "override the daemon's --proxy-protocol or --app-max-connections for one app; 'default' follows\n"
+     "the flag again. Applies to new connections at once; settings are kept in the state file and may\n"
+     "be made before the app's first instance registers."},
     {"explain", "explain HOST", "how a TLS connection for HOST would be routed, or why it would be refused"},
     {"metrics", "metrics", "the Prometheus metrics page"},
     {"reload-certificates", "reload-certificates",
@@ -150,6 +155,23 @@ void PrintHuman(const std::string& verb, const json& j) {
     PrintTable(rows);
     std::printf("%zu instances; healthy = handshake within %s s; WireGuard: %s\n", j["instances"].size(),
                 Str(j, "healthy_within_s").c_str(), Str(j, "wireguard").c_str());
+  } else if (verb == "apps") {
+    std::vector<std::vector<std::string>> rows = {{"APP", "INSTANCES", "CONNECTIONS", "MAX", "PROXY-PROTOCOL"}};
+    for (const json& a : j["apps"]) {
+      const json& o = a["overrides"];
+      std::string max = Str(a, "max_connections") + (o.contains("max_connections") ? "*" : "");
+      std::string pp =
+          std::string(a.value("proxy_protocol", false) ? "on" : "off") + (o.contains("proxy_protocol") ? "*" : "");
+      rows.push_back({Str(a, "app"), Str(a, "instances"), Str(a, "connections"), max, pp});
+    }
+    PrintTable(rows);
+    const json& d = j["defaults"];
+    std::printf("%zu apps; * = the app's override; defaults: max %s, proxy protocol %s\n", j["apps"].size(),
+                Str(d, "max_connections").c_str(), d.value("proxy_protocol", false) ? "on" : "off");
+  } else if (verb == "app-set") {
+    std::printf("app %s%s: max connections %s, proxy protocol %s\n", Str(j, "app").c_str(),
+                j.value("changed", false) ? "" : " (unchanged)", Str(j, "max_connections").c_str(),
+                j.value("proxy_protocol", false) ? "on" : "off");
   } else if (verb == "explain") {
     std::printf("host:    %s\n", Str(j, "host").c_str());
     if (j.contains("mode")) {
@@ -282,6 +304,34 @@ int Main(int argc, char** argv) {
     body = {{"instance", opts["instance"]}};
   } else if (verb == "list") {
     target = "/v1/list";
+  } else if (verb == "apps") {
+    target = "/v1/apps";
+  } else if (verb == "app-set") {
+    allowed = {"proxy-protocol", "max-connections"};
+    if (positional.size() != 1) return usage_error("give exactly one app id");
+    if (opts.empty()) return usage_error("give --proxy-protocol or --max-connections");
+    body = {{"app", positional[0]}};
+    positional.clear();
+    if (opts.contains("proxy-protocol")) {
+      const std::string& pp = opts["proxy-protocol"];
+      if (pp == "on") body["proxy_protocol"] = true;
+      else if (pp == "off") body["proxy_protocol"] = false;
+      else if (pp == "default") body["proxy_protocol"] = nullptr;
+      else return usage_error("--proxy-protocol takes on, off or default, not '" + pp + "'");
+    }
+    if (opts.contains("max-connections")) {
+      const std::string& m = opts["max-connections"];
+      int64_t n = 0;
+      if (m == "default") {
+        body["max_connections"] = nullptr;
+      } else if (absl::SimpleAtoi(m, &n)) {
+        body["max_connections"] = n;  // the daemon checks the range
+      } else {
+        return usage_error("--max-connections takes a number or default, not '" + m + "'");
+      }
+    }
+    method = "POST";
+    target = "/v1/app-settings";
   } else if (verb == "explain") {
     if (positional.size() != 1) return usage_error("give exactly one host name");
     std::string host;

@@ -118,7 +118,8 @@ def test_registrations_survive_kill_9(ctl_bin, make_gateway, backends):
 
 def test_help_per_verb(ctl_bin):
     for verb, words in [("register", "--public-key"), ("deregister", "--instance"), ("list", "health"),
-                        ("explain", "HOST"), ("metrics", "Prometheus")]:
+                        ("explain", "HOST"), ("metrics", "Prometheus"), ("apps", "overrides"),
+                        ("app-set", "--max-connections N|default")]:
         p = subprocess.run([ctl_bin, verb, "--help"], capture_output=True, text=True, timeout=10)
         assert p.returncode == 0 and words in p.stdout, (verb, p.stdout)
 

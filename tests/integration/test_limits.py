@@ -6,6 +6,7 @@ import time
 
 import peers
 from peers import TlsClient, sni_name
+from test_admin import ctl
 from test_passthrough import assert_echo, expect_closed, open_relay
 
 
@@ -129,3 +130,26 @@ def test_per_app_connection_limit(make_gateway, backends):
     again, _ = open_relay(gw, backends)
     again.close()
     held[1].close()
+
+
+def test_per_app_connection_limit_override(ctl_bin, make_gateway, backends):
+    state = peers.default_state()
+    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2"}]}
+    gw = make_gateway(state=state)
+    out = ctl(ctl_bin, gw, "app-set", "app", "--max-connections", "1")
+    assert out.strip() == "app app: max connections 1, proxy protocol off", out
+    held, _ = open_relay(gw, backends)
+    expect_closed(gw, "closed_app_limit", sni=sni_name("app", backends.port))
+    explained = ctl(ctl_bin, gw, "explain", sni_name("app", backends.port))
+    assert "refused: app app holds 1 connections, its limit" in explained, explained
+    others = [open_relay(gw, backends, ident="other")[0] for _ in range(2)]  # the default (2000) still applies
+    for o in others:
+        o.close()
+    ctl(ctl_bin, gw, "app-set", "app", "--max-connections", "default")
+    again, _ = open_relay(gw, backends)
+    again.close()
+    held.close()
+    bad = ctl(ctl_bin, gw, "app-set", "app", "--max-connections", "0", expect=1)
+    assert "'max_connections' must be an integer in [1, 16777216]" in bad, bad
+    bad = ctl(ctl_bin, gw, "app-set", "app", "--max-connections", "many", expect=2)
+    assert "--max-connections takes a number or default, not 'many'" in bad, bad

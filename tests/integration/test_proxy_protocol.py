@@ -7,6 +7,7 @@ import pytest
 
 import peers
 from peers import TlsClient, sni_name
+from test_admin import ctl
 from test_terminate import certs  # noqa: F401  (the wildcard certificate fixture)
 
 BACKEND_IP = "127.0.0.2"
@@ -64,16 +65,22 @@ def first_line(sock_or_client, read):
     return data.split(b"\n", 1)[0].decode()
 
 
-def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
-                      args=["--proxy-protocol"])
-    hello = TlsClient(gw.addr, sni_name("app", backend.port)).client_hello()
+def passthrough_line(gw, backend, app="app"):
+    """The backend's first line for a passthrough connection to `app`, and the client's own address."""
+    hello = TlsClient(gw.addr, sni_name(app, backend.port)).client_hello()
     s = peers.raw_connect(gw.addr)
     s.sendall(hello)
     s.settimeout(10)
     line = first_line(s, lambda: s.recv(4096))
     me = s.getsockname()
     s.close()
+    return line, me
+
+
+def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--proxy-protocol"])
+    line, me = passthrough_line(gw, backend)
     assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
 
 
@@ -94,10 +101,40 @@ def test_terminated_instance_sees_the_client_address(make_gateway, backend, cert
 
 def test_without_the_flag_no_header_is_sent(make_gateway, backend):
     gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}})
-    hello = TlsClient(gw.addr, sni_name("app", backend.port)).client_hello()
-    s = peers.raw_connect(gw.addr)
-    s.sendall(hello)
-    s.settimeout(10)
-    line = first_line(s, lambda: s.recv(4096))
-    s.close()
+    line, _ = passthrough_line(gw, backend)
     assert line == "no proxy header", line
+
+
+def test_an_app_overrides_the_flag_both_ways(ctl_bin, make_gateway, backend):
+    state = {"version": 1, "apps": {
+        "wants": {"instances": [{"id": "w1", "address": BACKEND_IP}]},
+        "plain": {"instances": [{"id": "p1", "address": BACKEND_IP}]},
+        "legacy": {"proxy_protocol": False, "instances": [{"id": "l1", "address": BACKEND_IP}]}}}
+    gw = make_gateway(state=state, args=["--proxy-protocol"])
+    assert passthrough_line(gw, backend, "wants")[0].startswith("src=")
+    assert passthrough_line(gw, backend, "legacy")[0] == "no proxy header", "the state file's override is read"
+    out = ctl(ctl_bin, gw, "app-set", "plain", "--proxy-protocol", "off")
+    assert out.strip() == "app plain: max connections 2000, proxy protocol off", out
+    assert passthrough_line(gw, backend, "plain")[0] == "no proxy header"
+    assert passthrough_line(gw, backend, "p1")[0] == "no proxy header", "a pinned instance follows its app"
+    assert passthrough_line(gw, backend, "wants")[0].startswith("src="), "other apps keep the flag"
+    table = ctl(ctl_bin, gw, "apps")
+    assert "legacy" in table and "off*" in table, table
+    ctl(ctl_bin, gw, "app-set", "plain", "--proxy-protocol", "default")
+    assert passthrough_line(gw, backend, "plain")[0].startswith("src=")
+
+
+def test_an_app_turns_the_header_on_without_the_flag(ctl_bin, make_gateway, backend, certs):  # noqa: F811
+    crt, key = certs["example.test"]
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+                      args=["--tls-cert", "example.test=%s,%s" % (crt, key)])
+    ctl(ctl_bin, gw, "app-set", "app", "--proxy-protocol", "on")
+    c = TlsClient(gw.addr, sni_name("app", backend.port, mode=""))
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    me = c.sock.getsockname()
+    c._pump(until=lambda got: b"\n" in got, timeout=10)
+    line = bytes(c.plain).split(b"\n", 1)[0].decode()
+    c.close()
+    assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line

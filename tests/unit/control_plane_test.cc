@@ -197,6 +197,59 @@ TEST_F(ControlPlaneTest, ListAndExplain) {
             std::string::npos);
 }
 
+TEST_F(ControlPlaneTest, AppSettingsOverrideTheFlagsAndReachTheSnapshot) {
+  Register("app", "app-1", kKey1);
+  Register("other", "other-1", kKey2);
+  auto lookup = [&](const char* id) { return domain_.current()->Find(id); };
+  EXPECT_EQ(lookup("app").app_max_connections, 2000);
+  EXPECT_FALSE(lookup("app").proxy_protocol);
+  uint64_t publishes = control_.publishes();
+  json r = Call("POST", "/v1/app-settings", {{"app", "App"}, {"proxy_protocol", true}, {"max_connections", 3}});
+  EXPECT_EQ(r["app"], "app");
+  EXPECT_EQ(r["changed"], true);
+  EXPECT_EQ(r["max_connections"], 3);
+  EXPECT_EQ(control_.publishes(), publishes + 1) << "new connections see the change at once";
+  EXPECT_EQ(lookup("app").app_max_connections, 3);
+  EXPECT_TRUE(lookup("app").proxy_protocol);
+  EXPECT_TRUE(lookup("app-1").proxy_protocol) << "pinning an instance uses its app's settings";
+  EXPECT_EQ(lookup("other").app_max_connections, 2000) << "other apps keep the flags";
+  EXPECT_EQ(Call("POST", "/v1/app-settings", {{"app", "app"}, {"max_connections", 3}})["changed"], false);
+  json explain = Call("GET", "/v1/explain", nullptr, {{"host", "app-80.example.test"}});
+  EXPECT_EQ(explain["app_max_connections"], 3);
+  EXPECT_EQ(explain["proxy_protocol"], true);
+  // null goes back to the flag; a field left out stays.
+  Call("POST", "/v1/app-settings", {{"app", "app"}, {"max_connections", nullptr}});
+  EXPECT_EQ(lookup("app").app_max_connections, 2000);
+  EXPECT_TRUE(lookup("app").proxy_protocol);
+  Call("POST", "/v1/app-settings", {{"app", "future"}, {"max_connections", 9}});
+  json apps = Call("GET", "/v1/apps");
+  ASSERT_EQ(apps["apps"].size(), 3u);
+  EXPECT_EQ(apps["apps"][0]["app"], "app");
+  EXPECT_EQ(apps["apps"][0]["overrides"], json({{"proxy_protocol", true}}));
+  EXPECT_EQ(apps["apps"][1]["app"], "future");
+  EXPECT_EQ(apps["apps"][1]["instances"], 0);
+  EXPECT_EQ(apps["apps"][1]["max_connections"], 9);
+  EXPECT_EQ(apps["apps"][2]["overrides"], json::object());
+  EXPECT_EQ(apps["defaults"]["max_connections"], 2000);
+  // The settings are in the state file: a reload keeps them.
+  ASSERT_TRUE(control_.Reload().ok());
+  EXPECT_TRUE(lookup("app").proxy_protocol);
+}
+
+TEST_F(ControlPlaneTest, BadAppSettingsGetClearErrors) {
+  auto error = [&](const json& body, int want) { return Call("POST", "/v1/app-settings", body, {}, want)["error"]; };
+  EXPECT_EQ(error({{"proxy_protocol", true}}, 400), "give 'app'");
+  EXPECT_EQ(error({{"app", "a"}, {"proxy_protocol", "yes"}}, 400),
+            "'proxy_protocol' must be true, false or null (the --proxy-protocol flag)");
+  EXPECT_EQ(error({{"app", "a"}, {"max_connections", 0}}, 400),
+            "'max_connections' must be an integer in [1, 16777216] or null (--app-max-connections)");
+  EXPECT_EQ(error({{"app", "a"}, {"max_conns", 5}}, 400),
+            "unknown field 'max_conns' (have app, proxy_protocol, max_connections)");
+  EXPECT_EQ(error({{"app", "a b"}, {"max_connections", 5}}, 400), "app id 'a b' must be 1-63 of [a-z0-9-]");
+  Call("GET", "/v1/app-settings", nullptr, {}, 405);
+  EXPECT_TRUE(registry_.all_app_settings().empty());
+}
+
 TEST_F(ControlPlaneTest, MetricsHaveWorkerCountersAndControlGauges) {
   Register("app", "app-1", kKey1);
   ASSERT_TRUE(control_.Poll().ok());

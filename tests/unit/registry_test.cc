@@ -206,6 +206,9 @@ TEST(Registry, BadStateFilesSayWhatIsWrongAndKeepTheOldState) {
       {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "127.0.0.1"}]},
                                   "b": {"instances": [{"id": "X", "address": "127.0.0.2"}]}}})",
        "instance id 'x' appears twice"},
+      {R"({"version": 1, "apps": {"a": {"proxy_protocol": "yes"}}})", "'proxy_protocol' must be true or false"},
+      {R"({"version": 1, "apps": {"a": {"max_connections": 0}}})", "'max_connections' must be an integer"},
+      {R"({"version": 1, "apps": {"a": {"max_connections": 1.5}}})", "'max_connections' must be an integer"},
   };
   for (const auto& c : cases) {
     Write(path, c.text);
@@ -215,6 +218,46 @@ TEST(Registry, BadStateFilesSayWhatIsWrongAndKeepTheOldState) {
     EXPECT_NE(s.message().find(path), std::string::npos) << "the error names the file";
     EXPECT_EQ(reg.instances().size(), 1u);
   }
+}
+
+TEST(Registry, AppSettingsPersistWithoutInstancesAndEmptyOnesAreDropped) {
+  TempDir dir;
+  std::string path = dir.file("state.json");
+  {
+    Registry reg(Pool(), path);
+    EXPECT_TRUE(reg.app_settings("web").empty());
+    auto changed = reg.SetAppSettings("Web", {.proxy_protocol = true, .max_connections = 7});
+    ASSERT_TRUE(changed.ok()) << changed.status();
+    EXPECT_TRUE(*changed);
+    EXPECT_FALSE(*reg.SetAppSettings("web", {.proxy_protocol = true, .max_connections = 7})) << "a repeat is no change";
+    ASSERT_TRUE(reg.Register("web", "w1", kKey1).ok());
+    ASSERT_TRUE(reg.SetAppSettings("quiet", {.proxy_protocol = false}).ok());
+    ASSERT_TRUE(reg.Deregister("w1").ok());
+    EXPECT_EQ(reg.app_settings("web").max_connections, 7) << "settings outlive the app's last instance";
+  }
+  Registry again(Pool(), path);
+  ASSERT_TRUE(again.Load().ok());
+  EXPECT_EQ(again.app_settings("web").proxy_protocol, true);
+  EXPECT_EQ(again.app_settings("web").max_connections, 7);
+  EXPECT_EQ(again.app_settings("quiet").proxy_protocol, false) << "an explicit off is kept, not confused with unset";
+  EXPECT_FALSE(again.app_settings("quiet").max_connections.has_value());
+  ASSERT_TRUE(again.SetAppSettings("web", {}).ok());
+  EXPECT_EQ(again.all_app_settings().size(), 1u) << "clearing every override forgets the app";
+  EXPECT_EQ(Read(path).find("\"web\""), std::string::npos);
+}
+
+TEST(Registry, BadAppSettingsAreRefusedAndAFailedWriteIsRolledBack) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("state.json"));
+  EXPECT_EQ(reg.SetAppSettings("a b", {.proxy_protocol = true}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto zero = reg.SetAppSettings("a", {.max_connections = 0});
+  ASSERT_FALSE(zero.ok());
+  EXPECT_NE(zero.status().message().find("max_connections must be in [1, "), std::string::npos) << zero.status();
+  Registry unwritable(Pool(), dir.file("missing-dir/state.json"));
+  auto r = unwritable.SetAppSettings("a", {.proxy_protocol = true});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("app settings not saved"), std::string::npos) << r.status();
+  EXPECT_TRUE(unwritable.app_settings("a").empty());
 }
 
 TEST(Registry, MissingStateFileIsEmpty) {

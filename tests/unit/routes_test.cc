@@ -71,10 +71,9 @@ TEST(Routes, UnhealthyInstancesAreKnownButNeverPicked) {
 }
 
 TEST(Routes, AppCountersOutliveSnapshotsAndCoverPinnedInstances) {
-  AppLimits limits(2000);
+  AppCounters limits;
   auto first = *RouteSnapshot::Build(kState, &limits);
   auto second = *RouteSnapshot::Build(kState, &limits);
-  EXPECT_EQ(first->app_limit(), 2000);
   std::atomic<int32_t>* app = first->Find("app").app_live;
   ASSERT_NE(app, nullptr);
   EXPECT_EQ(second->Find("app").app_live, app) << "a connection keeps counting against its app after a reload";
@@ -84,6 +83,24 @@ TEST(Routes, AppCountersOutliveSnapshotsAndCoverPinnedInstances) {
   EXPECT_EQ(limits.live("app"), 3);
   EXPECT_EQ(limits.live("nope"), 0);
   EXPECT_EQ(Load(kState)->Find("app").app_live, nullptr) << "without limits nothing is counted";
+}
+
+TEST(Routes, EachAppCarriesItsOwnLimitAndProxyProtocolToPinnedInstancesToo) {
+  AppCounters counters;
+  auto snap = *RouteSnapshot::Build({{"a", "a1", "127.0.0.2", true, 5, true},
+                                     {"a", "a2", "127.0.0.3", false, 5, true},
+                                     {"b", "b1", "127.0.0.4", true, 2000, false}},
+                                    &counters);
+  auto a = snap->Find("a");
+  EXPECT_EQ(a.app_max_connections, 5);
+  EXPECT_TRUE(a.proxy_protocol);
+  auto pinned = snap->Find("a1");
+  EXPECT_EQ(pinned.app_max_connections, 5);
+  EXPECT_TRUE(pinned.proxy_protocol);
+  EXPECT_EQ(pinned.app_live, a.app_live);
+  auto b = snap->Find("b1");
+  EXPECT_EQ(b.app_max_connections, 2000);
+  EXPECT_FALSE(b.proxy_protocol);
 }
 
 TEST(Routes, AnAddressThatIsNoIpIsRefused) {
