@@ -35,7 +35,6 @@ import os
 import platform
 import select
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,126 +42,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-BUILD = BENCH / ".build"
-CXXFLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror"]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, build_tools, cpu_times, cpu_usage, fmt_size, free_port, log,
+                      parse_size, proc_sockets, proc_status, proc_ticks, stop_process, taskset)
+
 GATEWAY_MODES = ("copy", "inline", "uring")
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def parse_size(s):
-    s = s.strip()
-    mul = 1
-    for suf, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if s.endswith(suf):
-            s, mul = s[: -len(suf)], m
-            break
-    return int(s) * mul
-
-
-def fmt_size(n):
-    for unit, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= m and n % m == 0:
-            return f"{n // m} {unit}"
-    return f"{n} B"
-
-
-def build_tools():
-    BUILD.mkdir(parents=True, exist_ok=True)
-    for name in ("loadgen", "sink"):
-        src, out = BENCH / f"{name}.cc", BUILD / name
-        if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
-            continue
-        cmd = ["g++", *CXXFLAGS, str(src), "-o", str(out)]
-        log("building: " + " ".join(cmd))
-        subprocess.run(cmd, check=True, timeout=300)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_ticks(pid):
-    """utime + stime of the whole process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return int(rest[11]) + int(rest[12])
-
-
-def proc_sockets(pid):
-    """Number of socket fds the process holds (pipes are pooled by cvmgate, so not counted)."""
-    n = 0
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                    n += 1
-            except OSError:
-                pass
-    except OSError:
-        return -1
-    return n
-
-
-def cpu_times():
-    """Per-CPU jiffies from /proc/stat: {cpu index: [user, nice, system, idle, iowait, irq, softirq, steal]}."""
-    out = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("cpu") and line[3].isdigit():
-                parts = line.split()
-                out[int(parts[0][3:])] = [int(x) for x in parts[1:9]]
-    return out
-
-
-def cpu_usage(before, after):
-    """{cpu: (busy fraction, steal fraction)} between two cpu_times() samples; iowait counts as idle."""
-    res = {}
-    for cpu, a in after.items():
-        d = [y - x for x, y in zip(before.get(cpu, a), a)]
-        total = sum(d)
-        if total > 0:
-            busy = d[0] + d[1] + d[2] + d[5] + d[6]
-            res[cpu] = (busy / total, d[7] / total)
-    return res
-
-
-def proc_status(pid, key):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def stop_process(p, grace=5.0):
-    """SIGTERM, then SIGKILL after grace seconds. Returns (returncode, killed)."""
-    if p.poll() is not None:
-        return p.returncode, False
-    p.send_signal(signal.SIGTERM)
-    try:
-        return p.wait(timeout=grace), False
-    except subprocess.TimeoutExpired:
-        p.kill()
-        return p.wait(timeout=5), True
-
-
-class Deadline:
-    def __init__(self, seconds):
-        self.end = time.monotonic() + seconds
-
-    def left(self):
-        return self.end - time.monotonic()
 
 
 class Sink:
@@ -206,10 +89,6 @@ class Sink:
         rc, killed = stop_process(self.p)
         self.errfile.seek(0)
         return rc, killed, self.errfile.read()
-
-
-def taskset(cpus):
-    return ["taskset", "-c", cpus] if cpus else []
 
 
 class Gateway:
@@ -429,7 +308,7 @@ def main():
     if args.cvmgate is None:
         candidates = [ROOT / "build" / "tools" / "cvmgate", ROOT / "build" / "cvmgate"]
         args.cvmgate = next((c for c in candidates if c.is_file()), candidates[0])
-    build_tools()
+    build_tools(("loadgen", "sink"))
     single, multi = parse_size(args.single_bytes), parse_size(args.multi_bytes)
     stream_list = [(1, single), (args.multi_streams, multi)]
     modes = [m for m in args.modes.split(",") if m]

@@ -1,0 +1,171 @@
+# Helpers shared by cvmgate's benchmark scripts: building the tools, ports, process CPU, bounded waits.
+"""Shared by bench/passthrough_bulk.py and bench/terminate.py."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BUILD = BENCH / ".build"
+CXXFLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_size(s):
+    s = s.strip()
+    mul = 1
+    for suf, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if s.endswith(suf):
+            s, mul = s[: -len(suf)], m
+            break
+    return int(s) * mul
+
+
+def fmt_size(n):
+    for unit, m in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= m and n % m == 0:
+            return f"{n // m} {unit}"
+    return f"{n} B"
+
+
+def build_tools(names, libs=()):
+    """Builds bench/NAME.cc into bench/.build/NAME when the binary is missing or older than its source."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src, out = BENCH / f"{name}.cc", BUILD / name
+        if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+            continue
+        cmd = ["g++", *CXXFLAGS, str(src), "-o", str(out), *libs]
+        log("building: " + " ".join(cmd))
+        subprocess.run(cmd, check=True, timeout=300)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_ticks(pid):
+    """utime + stime of the whole process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def tree_ticks(pid):
+    """proc_ticks of pid and every live descendant (e.g. nginx's master and workers)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += proc_ticks(p)
+        except OSError:
+            pass
+        todo.extend(children.get(p, []))
+    return total
+
+
+def proc_sockets(pid):
+    """Number of socket fds the process holds (pipes are pooled by cvmgate, so not counted)."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        return -1
+    return n
+
+
+def cpu_times():
+    """Per-CPU jiffies from /proc/stat: {cpu index: [user, nice, system, idle, iowait, irq, softirq, steal]}."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                parts = line.split()
+                out[int(parts[0][3:])] = [int(x) for x in parts[1:9]]
+    return out
+
+
+def cpu_usage(before, after):
+    """{cpu: (busy fraction, steal fraction)} between two cpu_times() samples; iowait counts as idle."""
+    res = {}
+    for cpu, a in after.items():
+        d = [y - x for x, y in zip(before.get(cpu, a), a)]
+        total = sum(d)
+        if total > 0:
+            busy = d[0] + d[1] + d[2] + d[5] + d[6]
+            res[cpu] = (busy / total, d[7] / total)
+    return res
+
+
+def proc_status(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def wait_for_port(port, seconds, proc=None):
+    """True once 127.0.0.1:port accepts a connection; False on timeout or when proc exits."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+def stop_process(p, grace=5.0):
+    """SIGTERM, then SIGKILL after grace seconds. Returns (returncode, killed)."""
+    if p.poll() is not None:
+        return p.returncode, False
+    p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout=grace), False
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.wait(timeout=5), True
+
+
+class Deadline:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        return self.end - time.monotonic()
+
+
+def taskset(cpus):
+    return ["taskset", "-c", cpus] if cpus else []
