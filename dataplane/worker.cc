@@ -478,7 +478,20 @@ ssize_t Worker::CopyIn(Conn& c, int d, bool& wait) {
   if (d == 0 && c.ssl != nullptr && !c.ktls_rx_raw) {
     ERR_clear_error();
     int n = SSL_read(c.ssl, x.buf.get(), BufferPool::kSize);
-    if (n > 0) return n;
+    if (n > 0) {
+      // SSL_read returns one record at a time: take the ones already read
+      // ahead too, without another syscall, so the backend gets one send.
+      size_t total = static_cast<size_t>(n);
+      while (total < BufferPool::kSize && SSL_has_pending(c.ssl)) {
+        int more = SSL_read(c.ssl, x.buf.get() + total, static_cast<int>(BufferPool::kSize - total));
+        if (more <= 0) {
+          ERR_clear_error();  // the next call sees the same condition and reports it
+          break;
+        }
+        total += static_cast<size_t>(more);
+      }
+      return static_cast<ssize_t>(total);
+    }
     int e = SSL_get_error(c.ssl, n);
     if (e == SSL_ERROR_ZERO_RETURN) return 0;  // close_notify (or, ignored, a bare FIN)
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
@@ -666,6 +679,14 @@ void Worker::StartRelay(Conn& c) {
     }
     c.dir[0].copy = copy || !c.ktls_rx_raw;
     c.dir[1].copy = copy || !c.ktls_tx;
+    if (!ktls_rx) {
+      // Userspace RX: read ahead into a buffer as large as a relay buffer, so
+      // one recv brings several records and CopyIn decrypts them all before
+      // one send to the backend (read_ahead stays off during the handshake,
+      // where kTLS needs OpenSSL to hold no bytes beyond the last record).
+      SSL_set_default_read_buffer_len(c.ssl, BufferPool::kSize);
+      SSL_set_read_ahead(c.ssl, 1);
+    }
     counters_.Add(c.ktls_tx ? Counter::ktls_tx : Counter::relay_tls_userspace);
     if (ktls_rx) counters_.Add(Counter::ktls_rx);
     if (!config_.tls_policy.ktls) {
