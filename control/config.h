@@ -35,7 +35,9 @@ struct TlsPolicy {
   int min_version = 0x0303;  // TLS1_2_VERSION; 0x0304 for TLS 1.3 only
   std::string ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";  // TLS 1.2
   std::string ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-  bool ktls = true;  // offload record crypto to the kernel where it can
+  bool ktls = true;  // offload record crypto to the kernel where it can (--ktls)
+  bool kernel_tls = true;  // the start-up probe found kTLS; false skips even trying
+  bool offload() const { return ktls && kernel_tls; }
 };
 
 struct Config {

@@ -91,7 +91,7 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
   // socket's TX (TLS 1.2 and 1.3) and RX (TLS 1.2 only) crypto to it after the
   // handshake; elsewhere it silently stays in userspace (the relay counts which).
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                               SSL_OP_IGNORE_UNEXPECTED_EOF | (policy.ktls ? SSL_OP_ENABLE_KTLS : 0));
+                               SSL_OP_IGNORE_UNEXPECTED_EOF | (policy.offload() ? SSL_OP_ENABLE_KTLS : 0));
   // By default forward-secret AEAD suites only.
   if (SSL_CTX_set_cipher_list(ctx, policy.ciphers.c_str()) != 1) {
     SSL_CTX_free(ctx);
@@ -128,7 +128,7 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
     return fail(absl::StrCat(spec.chain, " has expired"));
   }
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, const_cast<unsigned char*>(alpn));
-  if (policy.ktls) CaptureClientTrafficSecret(ctx);  // for TLS 1.3 kTLS RX (dataplane/ktls_rx.cc)
+  if (policy.offload()) CaptureClientTrafficSecret(ctx);  // for TLS 1.3 kTLS RX (dataplane/ktls_rx.cc)
   if (tickets != nullptr) {
     SSL_CTX_set_ex_data(ctx, TicketIndex(), tickets);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketCallback);

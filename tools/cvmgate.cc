@@ -33,6 +33,7 @@
 #include "dataplane/strings.h"
 #include "dataplane/tls.h"
 #include "dataplane/worker.h"
+#include "kernel-config/probe.h"
 
 namespace cvmgate {
 namespace {
@@ -50,9 +51,62 @@ uint32_t MaxConnections(const Config& config, int workers) {
   }
   getrlimit(RLIMIT_NOFILE, &rl);
   if (config.max_connections > 0) return config.max_connections;
-  uint64_t reserve = 64 + uint64_t(workers) * (16 * 2 + 16);  // idle pipe pools, listeners, rings
-  uint64_t fds = rl.rlim_cur > reserve + 2 ? rl.rlim_cur - reserve : 2;
-  return static_cast<uint32_t>(std::min<uint64_t>(fds / 2, 1u << 22));
+  return static_cast<uint32_t>(RelayCapacity(rl.rlim_cur, workers));
+}
+
+// `cvmgate probe [--json] [--wg-interface IF]`: the capability table; exit 1
+// when a required feature is missing.
+int ProbeCommand(const std::vector<std::string>& args) {
+  bool json = false;
+  std::string wg_interface;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--json") {
+      json = true;
+    } else if (args[i] == "--wg-interface" && i + 1 < args.size()) {
+      wg_interface = args[++i];
+    } else if (args[i].rfind("--wg-interface=", 0) == 0) {
+      wg_interface = args[i].substr(15);
+    } else if (args[i] == "--help" || args[i] == "-h") {
+      std::fputs("usage: cvmgate probe [--json] [--wg-interface IF]\n\n"
+                 "Tries io_uring and each ring operation cvmgate uses, splice on TCP, kTLS (TLS 1.2/1.3 ciphers,\n"
+                 "TX and RX), kernel WireGuard and wireguard-go, nftables, the descriptor limit and the sysctl\n"
+                 "profile (kernel-config/sysctl.d; per-interface ones for IF), and says what cvmgate uses for\n"
+                 "each. Exit status 1 only when a required feature is missing.\n",
+                 stdout);
+      return 0;
+    } else {
+      Log("probe: unexpected argument '", args[i], "' (see cvmgate probe --help)");
+      return 2;
+    }
+  }
+  ProbeFacts facts = ProbeKernel(wg_interface);
+  ProbeDecisions decisions = Decide(facts);
+  std::fputs((json ? ProbeJson(facts, decisions) : ProbeTable(facts, decisions)).c_str(), stdout);
+  return decisions.ok() ? 0 : 1;
+}
+
+// The start-up probe: logs what is not plain sailing and adapts the config to
+// this kernel. False when cvmgate cannot run here.
+bool ApplyProbe(Config& config) {
+  ProbeFacts facts = ProbeKernel(config.wg_interface);
+  ProbeDecisions decisions = Decide(facts);
+  for (const ProbeLine& l : decisions.lines) {
+    if (l.verdict == Verdict::kOk || l.feature.rfind("sysctl ", 0) == 0) continue;
+    Log("probe: ", l.feature, ": ", l.found, " -> ", l.choice);
+  }
+  size_t sysctl_advice = 0;
+  for (const ProbeLine& l : decisions.lines) {
+    sysctl_advice += l.verdict == Verdict::kAdvice && l.feature.rfind("sysctl ", 0) == 0;
+  }
+  if (sysctl_advice > 0) Log("probe: ", sysctl_advice, " sysctls differ from the profile (see cvmgate probe)");
+  if (!decisions.ok()) return false;
+  config.tls_policy.kernel_tls = decisions.ktls;
+  if (!decisions.splice && config.splice_mode != SpliceMode::kCopy) config.splice_mode = SpliceMode::kCopy;
+  if (!decisions.ring_splice && config.splice_mode == SpliceMode::kUring) config.splice_mode = SpliceMode::kInline;
+  Log("probe: kernel ", facts.kernel, "; TLS ", config.tls_policy.offload() ? "kTLS where it can" : "userspace",
+      "; relay ", config.splice_mode == SpliceMode::kCopy ? "copy" : config.splice_mode == SpliceMode::kUring ? "uring splice" : "splice",
+      "; WireGuard ", decisions.wireguard.empty() ? "none" : decisions.wireguard);
+  return true;
 }
 
 uint64_t Sum(const Workers& workers, size_t counter) {
@@ -152,6 +206,7 @@ int64_t NowMs() {
 
 int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args[0] == "probe") return ProbeCommand({args.begin() + 1, args.end()});
   auto parsed = ParseFlags(args);
   if (!parsed.ok()) {
     Log(parsed.status().message());
@@ -165,6 +220,10 @@ int Main(int argc, char** argv) {
   if (config.version) {
     std::puts("cvmgate 0.1.0");
     return 0;
+  }
+  if (!ApplyProbe(config)) {
+    Log("required kernel features are missing (cvmgate probe shows them)");
+    return 1;
   }
   int workers = config.workers > 0 ? config.workers : std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN));
   auto ip_pool = IpPool::Create(config.wg_pool, config.wg_address);
