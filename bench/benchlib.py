@@ -1,6 +1,7 @@
 # Helpers shared by cvmgate's benchmark scripts: building the tools, ports, process CPU, bounded waits.
 """Shared by bench/passthrough_bulk.py and bench/terminate.py."""
 
+import json
 import os
 import signal
 import socket
@@ -165,6 +166,20 @@ class Deadline:
 
     def left(self):
         return self.end - time.monotonic()
+
+
+def finish_report(problems, clean_text, json_path, results, rows):
+    """Prints the problems (or clean_text), writes the per-run JSON, and returns the exit status."""
+    print()
+    if problems:
+        print("### problems seen\n")
+        for p in problems:
+            print(f"- {p}")
+    else:
+        print(clean_text)
+    if json_path:
+        json_path.write_text(json.dumps({"results": results, "rows": rows}, indent=1))
+    return 1 if problems else 0
 
 
 def taskset(cpus):

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, build_tools, cpu_times, cpu_usage, fmt_size, free_port, log,
-                      parse_size, proc_sockets, proc_status, proc_ticks, stop_process, taskset)
+                      parse_size, proc_sockets, proc_status, proc_ticks, finish_report, stop_process, taskset)
 
 GATEWAY_MODES = ("copy", "inline", "uring")
 
@@ -422,17 +422,10 @@ def main():
           + (" — **stopped early by --max-seconds**" if truncated else ""))
     print()
     print(table(rows, args.reps))
-    print()
-    if problems:
-        print("### problems seen\n")
-        for p in problems:
-            print(f"- {p}")
-    else:
-        print("No errors: every run completed, byte counts matched, cvmgate released its sockets and exited cleanly.")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "rows": rows}, indent=1))
+    status = finish_report(problems, "No errors: every run completed, byte counts matched, cvmgate released its sockets and exited cleanly.",
+                           args.json, results, rows)
     tmp.cleanup()
-    return 1 if problems else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, build_tools, fmt_size, free_port, log, parse_size,
-                      stop_process, taskset, tree_ticks, wait_for_port)
+                      finish_report, stop_process, taskset, tree_ticks, wait_for_port)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "nginx")
 BASE_DOMAIN = "example.test"
@@ -406,17 +406,10 @@ def main():
           f"wall time {time.monotonic() - t_start:.0f} s" + (" — **stopped early by --max-seconds**" if truncated else ""))
     print()
     print(table(rows))
-    print()
-    if problems:
-        print("### problems seen\n")
-        for p in problems:
-            print(f"- {p}")
-    else:
-        print("No errors: every connection finished, payloads matched the pattern, every process exited cleanly.")
-    if args.json:
-        args.json.write_text(json.dumps({"results": results, "rows": rows}, indent=1))
+    status = finish_report(problems, "No errors: every connection finished, payloads matched the pattern, every process exited cleanly.",
+                           args.json, results, rows)
     tmp.cleanup()
-    return 1 if problems else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -77,6 +77,19 @@ def passthrough_line(gw, backend, app="app"):
     return line, me
 
 
+def terminated_line(gw, backend):
+    """The backend's first line for a terminated (default mode) connection, and the client's own address."""
+    c = TlsClient(gw.addr, sni_name("app", backend.port, mode=""))
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    me = c.sock.getsockname()
+    c._pump(until=lambda got: b"\n" in got, timeout=10)
+    line = bytes(c.plain).split(b"\n", 1)[0].decode()
+    c.close()
+    return line, me
+
+
 def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
     gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
                       args=["--proxy-protocol"])
@@ -88,14 +101,7 @@ def test_terminated_instance_sees_the_client_address(make_gateway, backend, cert
     crt, key = certs["example.test"]
     gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
                       args=["--proxy-protocol", "--tls-cert", "example.test=%s,%s" % (crt, key)])
-    c = TlsClient(gw.addr, sni_name("app", backend.port, mode=""))
-    c.connect()
-    c.send_hello()
-    c.finish_handshake()
-    me = c.sock.getsockname()
-    c._pump(until=lambda got: b"\n" in got, timeout=10)
-    line = bytes(c.plain).split(b"\n", 1)[0].decode()
-    c.close()
+    line, me = terminated_line(gw, backend)
     assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
 
 
@@ -129,12 +135,5 @@ def test_an_app_turns_the_header_on_without_the_flag(ctl_bin, make_gateway, back
     gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
                       args=["--tls-cert", "example.test=%s,%s" % (crt, key)])
     ctl(ctl_bin, gw, "app-set", "app", "--proxy-protocol", "on")
-    c = TlsClient(gw.addr, sni_name("app", backend.port, mode=""))
-    c.connect()
-    c.send_hello()
-    c.finish_handshake()
-    me = c.sock.getsockname()
-    c._pump(until=lambda got: b"\n" in got, timeout=10)
-    line = bytes(c.plain).split(b"\n", 1)[0].decode()
-    c.close()
+    line, me = terminated_line(gw, backend)
     assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
