@@ -103,9 +103,11 @@ bool ApplyProbe(Config& config) {
   config.tls_policy.kernel_tls = decisions.ktls;
   if (!decisions.splice && config.splice_mode != SpliceMode::kCopy) config.splice_mode = SpliceMode::kCopy;
   if (!decisions.ring_splice && config.splice_mode == SpliceMode::kUring) config.splice_mode = SpliceMode::kInline;
+  const char* relay = config.splice_mode == SpliceMode::kCopy    ? "copy"
+                      : config.splice_mode == SpliceMode::kUring ? "uring splice"
+                                                                 : "splice";
   Log("probe: kernel ", facts.kernel, "; TLS ", config.tls_policy.offload() ? "kTLS where it can" : "userspace",
-      "; relay ", config.splice_mode == SpliceMode::kCopy ? "copy" : config.splice_mode == SpliceMode::kUring ? "uring splice" : "splice",
-      "; WireGuard ", decisions.wireguard.empty() ? "none" : decisions.wireguard);
+      "; relay ", relay, "; WireGuard ", decisions.wireguard.empty() ? "none" : decisions.wireguard);
   return true;
 }
 
