@@ -3,10 +3,12 @@
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -166,6 +168,85 @@ class Deadline:
 
     def left(self):
         return self.end - time.monotonic()
+
+
+class Sink:
+    """bench/sink.cc as a backend: `mode` sink or rr, extra flags, stats on demand (SIGUSR1)."""
+
+    def __init__(self, cpus, start_timeout, mode="sink", flags=()):
+        self.port = free_port()
+        cmd = [str(BUILD / "sink"), mode, "--listen", f"127.0.0.1:{self.port}", *flags]
+        self.errfile = tempfile.TemporaryFile(mode="w+")
+        self.p = subprocess.Popen(taskset(cpus) + cmd, stdout=subprocess.PIPE, stderr=self.errfile)
+        self.buf = b""
+        line = self._line(start_timeout)
+        if line != "ready":
+            stop_process(self.p)
+            raise RuntimeError(f"sink did not become ready (got {line!r})")
+
+    def _line(self, timeout):
+        dl = Deadline(timeout)
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = dl.left()
+            if left <= 0 or self.p.poll() is not None:
+                return None
+            r, _, _ = select.select([fd], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode().strip()
+
+    def stats(self):
+        self.p.send_signal(signal.SIGUSR1)
+        line = self._line(5.0)
+        if line is None:
+            raise RuntimeError("sink did not answer SIGUSR1")
+        return json.loads(line)
+
+    def stop(self):
+        rc, killed = stop_process(self.p)
+        self.errfile.seek(0)
+        return rc, killed, self.errfile.read()
+
+
+class Process:
+    """A server process with its log; ready when its port accepts connections."""
+
+    def __init__(self, name, cmd, port, cpus, logpath, start_timeout, ready_text=None):
+        self.name, self.port, self.logpath = name, port, logpath
+        self.logf = open(logpath, "wb")
+        self.p = subprocess.Popen(taskset(cpus) + cmd, stdout=self.logf, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+        ok = wait_for_port(port, start_timeout, self.p)
+        if ok and ready_text:  # cvmgate also says when its routes are loaded
+            dl = Deadline(start_timeout)
+            while ready_text not in logpath.read_bytes() and dl.left() > 0 and self.p.poll() is None:
+                time.sleep(0.02)
+            ok = ready_text in logpath.read_bytes()
+        if not ok:
+            self.stop()
+            raise RuntimeError(f"{name} did not start: {self.log_tail()}")
+
+    def ticks(self):
+        return tree_ticks(self.p.pid)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def log_tail(self, n=4):
+        try:
+            return " | ".join(self.logpath.read_text(errors="replace").strip().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        rc, killed = stop_process(self.p)
+        self.logf.close()
+        return rc, killed
 
 
 def finish_report(problems, clean_text, json_path, results, rows):

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import select
 import signal
 import statistics
 import subprocess
@@ -42,53 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, build_tools, cpu_times, cpu_usage, fmt_size, free_port, log,
+from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Sink, build_tools, cpu_times, cpu_usage, fmt_size, free_port, log,
                       parse_size, proc_sockets, proc_status, proc_ticks, finish_report, stop_process, taskset)
 
 GATEWAY_MODES = ("copy", "inline", "uring")
-
-
-class Sink:
-    def __init__(self, args, cpus):
-        self.port = free_port()
-        cmd = [str(BUILD / "sink"), "sink", "--listen", f"127.0.0.1:{self.port}", "--discard", args.sink_discard]
-        if args.verify:
-            cmd.append("--verify")
-        self.errfile = tempfile.TemporaryFile(mode="w+")
-        self.p = subprocess.Popen(taskset(cpus) + cmd, stdout=subprocess.PIPE, stderr=self.errfile)
-        self.buf = b""
-        line = self._line(args.start_timeout)
-        if line != "ready":
-            stop_process(self.p)
-            raise RuntimeError(f"sink did not become ready (got {line!r})")
-
-    def _line(self, timeout):
-        dl = Deadline(timeout)
-        fd = self.p.stdout.fileno()
-        while b"\n" not in self.buf:
-            left = dl.left()
-            if left <= 0 or self.p.poll() is not None:
-                return None
-            r, _, _ = select.select([fd], [], [], min(left, 0.5))
-            if r:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return None
-                self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode().strip()
-
-    def stats(self):
-        self.p.send_signal(signal.SIGUSR1)
-        line = self._line(5.0)
-        if line is None:
-            raise RuntimeError("sink did not answer SIGUSR1")
-        return json.loads(line)
-
-    def stop(self):
-        rc, killed = stop_process(self.p)
-        self.errfile.seek(0)
-        return rc, killed, self.errfile.read()
 
 
 class Gateway:
@@ -344,7 +300,8 @@ def main():
     for layout in layouts:
         cpus = layout_cpus[layout]
         try:
-            sink = Sink(args, cpus["client"])
+            flags = ["--discard", args.sink_discard] + (["--verify"] if args.verify else [])
+            sink = Sink(cpus["client"], args.start_timeout, flags=flags)
         except RuntimeError as e:
             problems.append(f"{layout}: {e}")
             continue

@@ -42,8 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, build_tools, fmt_size, free_port, log, parse_size,
-                      finish_report, stop_process, taskset, tree_ticks, wait_for_port)
+from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Process, build_tools, fmt_size, free_port, log, parse_size,
+                      finish_report, taskset)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "nginx")
 BASE_DOMAIN = "example.test"
@@ -71,42 +71,6 @@ def make_certificate(workdir):
                    check=True, capture_output=True, timeout=60)
     both.write_bytes(crt.read_bytes() + key.read_bytes())  # HAProxy wants chain and key in one file
     return crt, key, both
-
-
-class Process:
-    """A server process with its log; ready when its port accepts connections."""
-
-    def __init__(self, name, cmd, port, cpus, logpath, start_timeout, ready_text=None):
-        self.name, self.port, self.logpath = name, port, logpath
-        self.logf = open(logpath, "wb")
-        self.p = subprocess.Popen(taskset(cpus) + cmd, stdout=self.logf, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
-        ok = wait_for_port(port, start_timeout, self.p)
-        if ok and ready_text:  # cvmgate also says when its routes are loaded
-            dl = Deadline(start_timeout)
-            while ready_text not in logpath.read_bytes() and dl.left() > 0 and self.p.poll() is None:
-                time.sleep(0.02)
-            ok = ready_text in logpath.read_bytes()
-        if not ok:
-            self.stop()
-            raise RuntimeError(f"{name} did not start: {self.log_tail()}")
-
-    def ticks(self):
-        return tree_ticks(self.p.pid)
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def log_tail(self, n=4):
-        try:
-            return " | ".join(self.logpath.read_text(errors="replace").strip().splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self):
-        rc, killed = stop_process(self.p)
-        self.logf.close()
-        return rc, killed
 
 
 def start_product(product, args, workdir, backend_port, cert, cpus, tag):
