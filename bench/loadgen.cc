@@ -5,6 +5,10 @@
 //         then shutdown(SHUT_WR) and waits for the peer to close.
 //   rr    --count connections in total, --conns at a time; each sends the hello
 //         plus a --req-bytes request, reads a --resp-bytes response and closes.
+//         With --rate R they start on a fixed schedule, R per second (open loop).
+//   hold  --conns connections each send the hello and then stay open and idle; once all
+//         have, "holding N" is printed on stdout; at --timeout the report follows (exit 0
+//         when every connection was still open). For memory per idle relayed connection.
 // One JSON line of results goes to stdout. Exit status: 0 ok, 1 connection
 // errors, 2 timeout, 3 usage or setup error.
 //
@@ -57,10 +61,10 @@ double seconds_since(Clock::time_point t0) {
 [[noreturn]] void die_usage(const std::string& msg) {
   std::fprintf(stderr, "loadgen: %s\n", msg.c_str());
   std::fprintf(stderr,
-               "usage: loadgen bulk|rr --connect ADDR:PORT [--conns C] [--bytes N]\n"
+               "usage: loadgen bulk|rr|hold --connect ADDR:PORT [--conns C] [--bytes N]\n"
                "               [--count N] [--sni NAME | --hello FILE] [--timeout S]\n"
                "               [--chunk N] [--req-bytes N] [--resp-bytes N]\n"
-               "               [--dump-hello FILE]\n"
+               "               [--dump-hello FILE] [--rate CONN_PER_S]\n"
                "sizes accept K, M, G suffixes (powers of 1024)\n");
   std::exit(3);
 }
@@ -213,6 +217,7 @@ struct Options {
   size_t chunk = 256 * 1024;
   size_t req_bytes = 1024;
   size_t resp_bytes = 1024;
+  double rate = 0;  // rr: connections started per second on a fixed schedule; 0 = as fast as --conns allows
 };
 
 enum class Phase { Connecting, Sending, Draining, Done };
@@ -282,18 +287,33 @@ class Runner {
     start_ = Clock::now();
     deadline_ = start_ + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.timeout));
     cpu0_ = self_cpu();
-    uint64_t total = o_.mode == "bulk" ? o_.conns : o_.count;
+    uint64_t total = o_.mode == "rr" ? o_.count : o_.conns;
     uint64_t window = o_.conns;
     std::vector<epoll_event> evs(kMaxEvents);
 
     while (done_ + errors_ < total) {
-      while (active_ < window && launched_ < total) launch();
+      int pace_ms = 1000;
+      if (o_.rate > 0) {
+        // Open-loop pacing: connection i is due at start + i / rate. Latency counts from the due
+        // time, so a client that falls behind cannot hide the queueing it causes.
+        while (active_ < window && launched_ < total) {
+          auto due = start_ + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(static_cast<double>(launched_) / o_.rate));
+          if (Clock::now() < due) {
+            pace_ms = static_cast<int>(std::chrono::duration<double, std::milli>(due - Clock::now()).count()) + 1;
+            break;
+          }
+          launch(due);
+        }
+      } else {
+        while (active_ < window && launched_ < total) launch(Clock::now());
+      }
       double left = std::chrono::duration<double>(deadline_ - Clock::now()).count();
       if (left <= 0) {
-        timed_out_ = true;
+        timed_out_ = o_.mode != "hold";  // holding until the deadline is the whole point of hold
         break;
       }
-      int ms = static_cast<int>(std::min(left * 1000.0 + 1, 1000.0));
+      int ms = std::min(static_cast<int>(std::min(left * 1000.0 + 1, 1000.0)), pace_ms);
       int n = epoll_wait(ep_, evs.data(), kMaxEvents, ms);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -310,7 +330,7 @@ class Runner {
   }
 
  private:
-  void launch() {
+  void launch(Clock::time_point started) {
     size_t idx;
     if (!free_.empty()) {
       idx = free_.back();
@@ -322,7 +342,7 @@ class Runner {
     ++launched_;
     Conn& c = conns_[idx];
     c = Conn{};
-    c.started = Clock::now();
+    c.started = started;
     c.fd = open_conn(o_.addr);
     if (c.fd < 0) {
       note_error("connect", errno);
@@ -416,6 +436,10 @@ class Runner {
         }
         c.phase = Phase::Draining;
         set_events(c, idx, EPOLLIN | EPOLLRDHUP);
+        if (o_.mode == "hold" && ++holding_ == o_.conns) {
+          std::printf("holding %" PRIu64 "\n", holding_);
+          std::fflush(stdout);
+        }
         return true;
       }
       ssize_t n = send(c.fd, p, len, MSG_NOSIGNAL);
@@ -443,7 +467,9 @@ class Runner {
         return false;
       }
       if (n == 0) {
-        if (c.phase != Phase::Draining) {
+        if (o_.mode == "hold") {
+          finish(idx, false, "peer closed an idle connection", ECONNRESET);
+        } else if (c.phase != Phase::Draining) {
           finish(idx, false, "peer closed before request was sent", ECONNRESET);
         } else if (o_.mode == "rr" && c.received < o_.resp_bytes) {
           finish(idx, false, "short response", EPROTO);
@@ -482,7 +508,12 @@ class Runner {
     for (auto& ch : err)
       if (ch == '"' || ch == '\\') ch = '\'';
     char line[1024];
-    if (o_.mode == "bulk") {
+    if (o_.mode == "hold") {
+      std::snprintf(line, sizeof line,
+                    "{\"mode\":\"hold\",\"conns\":%" PRIu64 ",\"held\":%" PRIu64 ",\"errors\":%" PRIu64
+                    ",\"wall_s\":%.6f,\"cpu_s\":%.4f,\"first_error\":\"%s\"}\n",
+                    o_.conns, active_, errors_, wall_, user + sys, err.c_str());
+    } else if (o_.mode == "bulk") {
       std::snprintf(line, sizeof line,
                     "{\"mode\":\"bulk\",\"conns\":%" PRIu64 ",\"bytes_per_conn\":%" PRIu64
                     ",\"hello_bytes\":%zu,\"payload_bytes\":%" PRIu64 ",\"recv_bytes\":%" PRIu64
@@ -519,7 +550,7 @@ class Runner {
   std::vector<size_t> free_;
   std::vector<double> lat_us_;
   int ep_ = -1;
-  uint64_t launched_ = 0, active_ = 0, done_ = 0, errors_ = 0;
+  uint64_t launched_ = 0, active_ = 0, done_ = 0, errors_ = 0, holding_ = 0;
   uint64_t payload_total_ = 0, recv_total_ = 0;
   bool timed_out_ = false;
   std::string first_error_;
@@ -532,7 +563,7 @@ Options parse_args(int argc, char** argv) {
   Options o;
   if (argc < 2) die_usage("missing mode");
   o.mode = argv[1];
-  if (o.mode != "bulk" && o.mode != "rr") die_usage("mode must be bulk or rr");
+  if (o.mode != "bulk" && o.mode != "rr" && o.mode != "hold") die_usage("mode must be bulk, rr or hold");
   for (int i = 2; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -570,6 +601,9 @@ Options parse_args(int argc, char** argv) {
       o.req_bytes = static_cast<size_t>(parse_size(val()));
     } else if (a == "--resp-bytes") {
       o.resp_bytes = static_cast<size_t>(parse_size(val()));
+    } else if (a == "--rate") {
+      o.rate = std::atof(val().c_str());
+      if (o.rate <= 0) die_usage("--rate must be > 0");
     } else {
       die_usage("unknown option " + a);
     }
