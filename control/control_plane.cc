@@ -376,7 +376,9 @@ HttpResponse ControlPlane::Apps() {
 // again, and left out stays as it is.
 HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
   json body = json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) return Error(absl::InvalidArgumentError("the body must be a JSON object"));
+  if (body.is_discarded() || !body.is_object()) {
+    return Error(absl::InvalidArgumentError("the body must be a JSON object"));
+  }
   std::string app = Field(body, "app");
   if (app.empty()) return Error(absl::InvalidArgumentError("give 'app'"));
   for (const auto& [name, value] : body.items()) {
@@ -392,7 +394,8 @@ HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
     } else if (it->is_boolean()) {
       next.proxy_protocol = it->get<bool>();
     } else {
-      return Error(absl::InvalidArgumentError("'proxy_protocol' must be true, false or null (the --proxy-protocol flag)"));
+      return Error(
+          absl::InvalidArgumentError("'proxy_protocol' must be true, false or null (the --proxy-protocol flag)"));
     }
   }
   if (auto it = body.find("max_connections"); it != body.end()) {
@@ -401,8 +404,8 @@ HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
     } else if (it->is_number_integer() && it->get<int64_t>() >= 1 && it->get<int64_t>() <= kMaxAppConnectionsLimit) {
       next.max_connections = it->get<int32_t>();
     } else {
-      return Error(absl::InvalidArgumentError(absl::StrCat(
-          "'max_connections' must be an integer in [1, ", kMaxAppConnectionsLimit, "] or null (--app-max-connections)")));
+      return Error(absl::InvalidArgumentError(absl::StrCat("'max_connections' must be an integer in [1, ",
+                                                           kMaxAppConnectionsLimit, "] or null (--app-max-connections)")));
     }
   }
   auto changed = registry_.SetAppSettings(app, next);

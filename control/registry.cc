@@ -75,7 +75,9 @@ absl::Status Registry::Load() {
       }
       AppSettings s;
       if (app.contains("proxy_protocol")) {
-        if (!app["proxy_protocol"].is_boolean()) return fail(absl::StrCat("app '", *app_id, "': 'proxy_protocol' must be true or false"));
+        if (!app["proxy_protocol"].is_boolean()) {
+          return fail(absl::StrCat("app '", *app_id, "': 'proxy_protocol' must be true or false"));
+        }
         s.proxy_protocol = app["proxy_protocol"].get<bool>();
       }
       if (app.contains("max_connections")) {
@@ -267,7 +269,8 @@ absl::StatusOr<Registration> Registry::Deregister(std::string_view raw_id) {
 absl::StatusOr<bool> Registry::SetAppSettings(std::string_view raw_app, const AppSettings& settings) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
-  if (settings.max_connections && (*settings.max_connections < 1 || *settings.max_connections > kMaxAppConnectionsLimit)) {
+  if (settings.max_connections &&
+      (*settings.max_connections < 1 || *settings.max_connections > kMaxAppConnectionsLimit)) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_connections must be in [1, ", kMaxAppConnectionsLimit, "], not ", *settings.max_connections));
   }
