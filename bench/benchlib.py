@@ -249,6 +249,14 @@ class Process:
         return rc, killed
 
 
+def rotated(products, reps):
+    """(rep, product) for every repetition, the product order rotated by one each time, so drift in the
+    machine spreads over all products alike."""
+    for rep in range(reps):
+        for product in products[rep % len(products):] + products[:rep % len(products)]:
+            yield rep, product
+
+
 def finish_report(problems, clean_text, json_path, results, rows):
     """Prints the problems (or clean_text), writes the per-run JSON, and returns the exit status."""
     print()

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Process, Sink, build_tools, finish_report, fmt_size, free_port,
-                      log, parse_size, taskset, tree_ticks)
+                      log, parse_size, rotated, taskset, tree_ticks)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "haproxy-splice", "nginx", "nginx-256k")
 CASES = ("bulk-1", "bulk-8", "rr", "latency", "idle-1k", "idle-8k")
@@ -393,39 +393,37 @@ def main():
     bulk = Sink(cpus["client"], args.start_timeout, flags=["--discard", "trunc"])
     rr = Sink(cpus["client"], args.start_timeout, mode="rr")
     try:
-        for rep in range(args.reps):
-            order = products[rep % len(products):] + products[:rep % len(products)]
-            for product in order:
-                if overall.left() <= 0:
-                    truncated = True
-                    break
-                tag = f"{product}-r{rep + 1}"
-                try:
-                    proc = start_product(product, args, workdir, (bulk.port, rr.port), cpus["proxy"], tag)
-                except RuntimeError as e:
-                    problems.append(f"{tag}: {e}")
-                    continue
-                try:
-                    if rep == 0 and product not in spliced and proc is not None:
-                        spliced[product] = splice_calls(args, product, proc, (bulk, rr), cpus)
-                    for name in case_names:
-                        if name.startswith("idle"):
-                            r = idle_case(args, name, product, workdir, (bulk, rr), cpus, f"{tag}-{name}")
-                        else:
-                            r = one_case(args, name, product, proc, (bulk, rr), cpus)
-                        r["rep"] = rep + 1
-                        results.append(r)
-                        key, unit, fmt, _ = METRICS[name]
-                        shown = (fmt.format(r[key]) + " " + unit) if key in r else "no result"
-                        log(f"[{time.monotonic() - t_start:6.1f}s] {tag} {name}: {shown}"
-                            + (f"  ERROR: {r['error']}" if r["error"] else ""))
-                        if r["error"]:
-                            problems.append(f"{tag} {name}: {r['error']}")
-                finally:
-                    if proc is not None:
-                        _, killed = proc.stop()
-                        if killed:
-                            problems.append(f"{tag}: {product} did not exit within 5 s of SIGTERM")
+        for rep, product in rotated(products, args.reps):
+            if overall.left() <= 0:
+                truncated = True
+                break
+            tag = f"{product}-r{rep + 1}"
+            try:
+                proc = start_product(product, args, workdir, (bulk.port, rr.port), cpus["proxy"], tag)
+            except RuntimeError as e:
+                problems.append(f"{tag}: {e}")
+                continue
+            try:
+                if rep == 0 and product not in spliced and proc is not None:
+                    spliced[product] = splice_calls(args, product, proc, (bulk, rr), cpus)
+                for name in case_names:
+                    if name.startswith("idle"):
+                        r = idle_case(args, name, product, workdir, (bulk, rr), cpus, f"{tag}-{name}")
+                    else:
+                        r = one_case(args, name, product, proc, (bulk, rr), cpus)
+                    r["rep"] = rep + 1
+                    results.append(r)
+                    key, unit, fmt, _ = METRICS[name]
+                    shown = (fmt.format(r[key]) + " " + unit) if key in r else "no result"
+                    log(f"[{time.monotonic() - t_start:6.1f}s] {tag} {name}: {shown}"
+                        + (f"  ERROR: {r['error']}" if r["error"] else ""))
+                    if r["error"]:
+                        problems.append(f"{tag} {name}: {r['error']}")
+            finally:
+                if proc is not None:
+                    _, killed = proc.stop()
+                    if killed:
+                        problems.append(f"{tag}: {product} did not exit within 5 s of SIGTERM")
     finally:
         bulk.stop()
         rr.stop()

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Process, build_tools, fmt_size, free_port, log, parse_size,
-                      finish_report, taskset)
+                      finish_report, rotated, taskset)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "nginx")
 BASE_DOMAIN = "example.test"
@@ -311,37 +311,35 @@ def main():
         backend = Process("backend", [str(BUILD / "tlsload"), "serve", "--listen", f"127.0.0.1:{args.backend_port}"],
                           args.backend_port, cpus["client"], workdir / f"backend-{layout}.log", args.start_timeout)
         try:
-            for rep in range(args.reps):
-                order = products[rep % len(products):] + products[:rep % len(products)]
-                for product in order:
-                    if overall.left() <= 0:
-                        truncated = True
-                        break
-                    tag = f"{layout}-{product}-r{rep + 1}"
-                    try:
-                        proc = start_product(product, args, workdir, args.backend_port, cert, cpus["proxy"], tag)
-                    except RuntimeError as e:
-                        problems.append(f"{tag}: {e}")
-                        continue
-                    try:
-                        for name in case_names:
-                            r = one_run(args, layout, product, proc, backend, name, all_cases[name], cpus)
-                            r["rep"] = rep + 1
-                            results.append(r)
-                            hs = name.startswith("hs")
-                            if "gbps" in r:
-                                status = (f"{r['conns_per_s']:.0f} conn/s" if hs else f"{r['gbps']:.3f} GB/s")
-                                status += f", proxy {r['proxy_cpu_s']:.2f} CPU-s"
-                            else:
-                                status = "no result"
-                            log(f"[{time.monotonic() - t_start:6.1f}s] {tag} {name}: {status}"
-                                + (f"  ERROR: {r['error']}" if r["error"] else ""))
-                            if r["error"]:
-                                problems.append(f"{tag} {name}: {r['error']}")
-                    finally:
-                        rc, killed = proc.stop()
-                        if killed:
-                            problems.append(f"{tag}: {product} did not exit within 5 s of SIGTERM")
+            for rep, product in rotated(products, args.reps):
+                if overall.left() <= 0:
+                    truncated = True
+                    break
+                tag = f"{layout}-{product}-r{rep + 1}"
+                try:
+                    proc = start_product(product, args, workdir, args.backend_port, cert, cpus["proxy"], tag)
+                except RuntimeError as e:
+                    problems.append(f"{tag}: {e}")
+                    continue
+                try:
+                    for name in case_names:
+                        r = one_run(args, layout, product, proc, backend, name, all_cases[name], cpus)
+                        r["rep"] = rep + 1
+                        results.append(r)
+                        hs = name.startswith("hs")
+                        if "gbps" in r:
+                            status = (f"{r['conns_per_s']:.0f} conn/s" if hs else f"{r['gbps']:.3f} GB/s")
+                            status += f", proxy {r['proxy_cpu_s']:.2f} CPU-s"
+                        else:
+                            status = "no result"
+                        log(f"[{time.monotonic() - t_start:6.1f}s] {tag} {name}: {status}"
+                            + (f"  ERROR: {r['error']}" if r["error"] else ""))
+                        if r["error"]:
+                            problems.append(f"{tag} {name}: {r['error']}")
+                finally:
+                    rc, killed = proc.stop()
+                    if killed:
+                        problems.append(f"{tag}: {product} did not exit within 5 s of SIGTERM")
         finally:
             backend.stop()
 
