@@ -17,6 +17,7 @@ BENCH = ROOT / "bench"
 BUILD = BENCH / ".build"
 CXXFLAGS = ["-std=c++20", "-O2", "-Wall", "-Wextra", "-Werror"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
 def log(msg):
@@ -247,6 +248,29 @@ class Process:
         rc, killed = stop_process(self.p)
         self.logf.close()
         return rc, killed
+
+
+def add_product_args(ap, products):
+    """The flags both comparison harnesses take: where each product's binary is, and which products run."""
+    ap.add_argument("--cvmgate", type=Path, default=ROOT / "build" / "tools" / "cvmgate")
+    ap.add_argument("--cvmgate-arg", action="append", default=[], help="extra cvmgate flag, repeatable")
+    ap.add_argument("--haproxy", default="/usr/sbin/haproxy")
+    ap.add_argument("--nginx", default="/usr/sbin/nginx")
+    ap.add_argument("--products", default=",".join(products))
+
+
+def check_products(ap, args, known):
+    """The --products list, each known and installed (exits with what to install otherwise)."""
+    products = [p for p in args.products.split(",") if p]
+    for p in products:
+        if p not in known:
+            ap.error(f"unknown product {p} (have {', '.join(known)})")
+    for name, path in (("cvmgate", args.cvmgate), ("haproxy", Path(args.haproxy)), ("nginx", Path(args.nginx))):
+        if any(p.startswith(name) for p in products) and not os.access(path, os.X_OK):
+            ap.exit(1, f"{ap.prog}: {name} not found at {path} (tools/setup --bench installs HAProxy and nginx)\n")
+    if any(p.startswith("nginx") for p in products) and not os.path.exists(NGINX_STREAM_MODULE):
+        ap.exit(1, f"{ap.prog}: nginx's stream module is missing ({NGINX_STREAM_MODULE}; apt libnginx-mod-stream)\n")
+    return products
 
 
 def rotated(products, reps):

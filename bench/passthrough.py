@@ -40,13 +40,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Process, Sink, build_tools, finish_report, fmt_size, free_port,
-                      log, parse_size, rotated, taskset, tree_ticks)
+from benchlib import (BUILD, CLK_TCK, NGINX_STREAM_MODULE, ROOT, add_product_args, build_tools, check_products,
+                      Deadline, finish_report, fmt_size, free_port, log, parse_size, Process, rotated, Sink, taskset,
+                      tree_ticks)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "haproxy-splice", "nginx", "nginx-256k")
 CASES = ("bulk-1", "bulk-8", "rr", "latency", "idle-1k", "idle-8k")
 BASE_DOMAIN = "example.test"
-NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
 def sni(port):
@@ -350,11 +350,7 @@ def table(rows, products, projection):
 
 def main():
     ap = argparse.ArgumentParser(description="passthrough: cvmgate vs HAProxy vs nginx vs direct")
-    ap.add_argument("--cvmgate", type=Path, default=ROOT / "build" / "tools" / "cvmgate")
-    ap.add_argument("--cvmgate-arg", action="append", default=[], help="extra cvmgate flag, repeatable")
-    ap.add_argument("--haproxy", default="/usr/sbin/haproxy")
-    ap.add_argument("--nginx", default="/usr/sbin/nginx")
-    ap.add_argument("--products", default=",".join(PRODUCTS))
+    add_product_args(ap, PRODUCTS)
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--bulk-bytes", default="1GiB", help="bytes per bulk run (split over bulk-8's streams)")
@@ -370,17 +366,11 @@ def main():
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    products = [p for p in args.products.split(",") if p]
+    products = check_products(ap, args, PRODUCTS)
     case_names = [c for c in args.cases.split(",") if c]
-    for p in products:
-        if p not in PRODUCTS:
-            ap.error(f"unknown product {p} (have {', '.join(PRODUCTS)})")
     for c in case_names:
         if c not in CASES:
             ap.error(f"unknown case {c} (have {', '.join(CASES)})")
-    for p, path in (("cvmgate", args.cvmgate), ("haproxy", Path(args.haproxy)), ("nginx", Path(args.nginx))):
-        if any(x.startswith(p) for x in products) and not os.access(path, os.X_OK):
-            sys.exit(f"passthrough.py: {p} not found at {path} (tools/setup --bench installs HAProxy and nginx)")
     build_tools(("loadgen", "sink"))
     cpus = ({"proxy": args.proxy_cpus, "client": args.client_cpus} if args.layout == "pinned"
             else {"proxy": None, "client": None})

@@ -42,12 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BUILD, CLK_TCK, ROOT, Deadline, Process, build_tools, fmt_size, free_port, log, parse_size,
-                      finish_report, rotated, taskset)
+from benchlib import (BUILD, CLK_TCK, NGINX_STREAM_MODULE, add_product_args, build_tools, check_products, Deadline,
+                      finish_report, fmt_size, free_port, log, parse_size, Process, rotated, taskset)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "nginx")
 BASE_DOMAIN = "example.test"
-NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 
 def cases(args):
@@ -257,11 +256,7 @@ def version_of(cmd):
 
 def main():
     ap = argparse.ArgumentParser(description="terminate-mode benchmark: cvmgate vs HAProxy vs nginx vs direct TLS")
-    ap.add_argument("--cvmgate", type=Path, default=ROOT / "build" / "tools" / "cvmgate")
-    ap.add_argument("--cvmgate-arg", action="append", default=[], help="extra cvmgate flag, repeatable")
-    ap.add_argument("--haproxy", default="/usr/sbin/haproxy")
-    ap.add_argument("--nginx", default="/usr/sbin/nginx")
-    ap.add_argument("--products", default=",".join(PRODUCTS))
+    add_product_args(ap, PRODUCTS)
     ap.add_argument("--cases", default="upload,download,upload-8,hs-tls13,hs-tls12")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--bulk-bytes", default="1GiB", help="bytes per bulk case (split over upload-8's connections)")
@@ -276,12 +271,9 @@ def main():
     ap.add_argument("--json", type=Path, help="write per-run results here")
     args = ap.parse_args()
 
-    products = [p for p in args.products.split(",") if p]
+    products = check_products(ap, args, PRODUCTS)
     all_cases = cases(args)
     case_names = [c for c in args.cases.split(",") if c]
-    for p in products:
-        if p not in PRODUCTS:
-            ap.error(f"unknown product {p} (have {', '.join(PRODUCTS)})")
     for c in case_names:
         if c not in all_cases:
             ap.error(f"unknown case {c} (have {', '.join(all_cases)})")
@@ -291,12 +283,6 @@ def main():
     for l in layouts:
         if l not in layout_cpus:
             ap.error(f"unknown layout {l}")
-    missing = {"cvmgate": args.cvmgate, "haproxy": Path(args.haproxy), "nginx": Path(args.nginx)}
-    for p in products:
-        if p in missing and not os.access(missing[p], os.X_OK):
-            sys.exit(f"terminate.py: {p} not found at {missing[p]} (tools/setup --bench installs HAProxy and nginx)")
-    if "nginx" in products and not os.path.exists(NGINX_STREAM_MODULE):
-        sys.exit(f"terminate.py: nginx's stream module is missing ({NGINX_STREAM_MODULE}; apt libnginx-mod-stream)")
     build_tools(("tlsload",), libs=("-lssl", "-lcrypto"))
 
     overall = Deadline(args.max_seconds)

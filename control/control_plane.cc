@@ -379,15 +379,16 @@ HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
   if (body.is_discarded() || !body.is_object()) {
     return Error(absl::InvalidArgumentError("the body must be a JSON object"));
   }
-  std::string app = Field(body, "app");
-  if (app.empty()) return Error(absl::InvalidArgumentError("give 'app'"));
+  std::string raw_app = Field(body, "app");
+  if (raw_app.empty()) return Error(absl::InvalidArgumentError("give 'app'"));
+  std::string id = absl::AsciiStrToLower(raw_app);
   for (const auto& [name, value] : body.items()) {
     if (name != "app" && name != "proxy_protocol" && name != "max_connections") {
       return Error(absl::InvalidArgumentError(
           absl::StrCat("unknown field '", name, "' (have app, proxy_protocol, max_connections)")));
     }
   }
-  AppSettings next = registry_.app_settings(absl::AsciiStrToLower(app));
+  AppSettings next = registry_.app_settings(id);
   if (auto it = body.find("proxy_protocol"); it != body.end()) {
     if (it->is_null()) {
       next.proxy_protocol.reset();
@@ -408,9 +409,8 @@ HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
                                                            kMaxAppConnectionsLimit, "] or null (--app-max-connections)")));
     }
   }
-  auto changed = registry_.SetAppSettings(app, next);
+  auto changed = registry_.SetAppSettings(raw_app, next);  // validates the id as typed
   if (!changed.ok()) return Error(changed.status());
-  std::string id = absl::AsciiStrToLower(app);
   if (*changed) {
     ++registry_version_;
     Log("app ", id, ": max_connections ", MaxConnections(id), ", proxy_protocol ", ProxyProtocol(id) ? "on" : "off");
