@@ -56,11 +56,24 @@ class Fd {
   int fd_;
 };
 
+// Closes a probe connection with a reset: a normal close would leave a
+// TIME_WAIT socket on an ephemeral port, and since the probe's sockets lack
+// SO_REUSEADDR, the daemon could then fail to bind that port as a listener.
+void Abort(const Fd& fd) {
+  if (fd.get() < 0) return;
+  linger now{1, 0};
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &now, sizeof(now));
+}
+
 // A connected loopback TCP pair (blocking), with the listener kept for ring tests.
 struct LoopbackPair {
   Fd listener, client, server;
   sockaddr_in addr{};
   std::string error;
+  ~LoopbackPair() {
+    Abort(client);
+    Abort(server);
+  }
 };
 
 bool Listen(LoopbackPair& p) {
@@ -197,6 +210,8 @@ void ProbeRing(ProbeFacts& f) {
     io_uring_cqe_seen(&ring, cqe);
   }
   f.ring_ops["cancel"] = cancelled && accept_ended;
+  Abort(client);
+  Abort(accepted);
   io_uring_queue_exit(&ring);
 }
 

@@ -2,7 +2,15 @@
 #include "kernel-config/probe.h"
 
 #include <gtest/gtest.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -207,6 +215,47 @@ TEST(Probe, RealKernelProbeIsConsistent) {
   for (const SysctlReading& r : f.sysctls) saw_interface_sysctl |= r.spec.name == "net.ipv4.conf.lo.rp_filter";
   EXPECT_TRUE(saw_interface_sysctl) << "%IF% is replaced by the interface";
   EXPECT_TRUE(Decide(f).ok()) << ProbeTable(f, Decide(f));
+}
+
+// Sockets in TIME_WAIT in this network namespace (state 06 in /proc/net/tcp).
+int TimeWaitSockets() {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // header
+  int n = 0;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string slot, local, remote, state;
+    fields >> slot >> local >> remote >> state;
+    n += state == "06";
+  }
+  return n;
+}
+
+// The probe runs in the daemon before it binds its listeners: a TIME_WAIT
+// socket it left on an ephemeral port would make that port unbindable. In a
+// namespace of its own, nothing else makes TCP sockets, so any count is the probe's.
+TEST(Probe, LeavesNoTimeWaitSocketsBehind) {
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (unshare(CLONE_NEWNET) != 0) _exit(77);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ifreq ifr{};
+    std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    if (fd < 0 || ioctl(fd, SIOCGIFFLAGS, &ifr) != 0) _exit(78);
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(fd, SIOCSIFFLAGS, &ifr) != 0) _exit(78);
+    close(fd);
+    ProbeKernel("");
+    _exit(std::min(TimeWaitSockets(), 50));
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "no permission to create a network namespace (needs root)";
+  ASSERT_NE(WEXITSTATUS(status), 78) << "could not bring up lo in the new namespace";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "TIME_WAIT sockets left by the probe";
 }
 
 }  // namespace
