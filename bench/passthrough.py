@@ -60,12 +60,13 @@ def start_product(product, args, workdir, backends, cpus, tag):
     port = free_port()
     logpath = workdir / f"{product}-{tag}.log"
     if product == "cvmgate":
-        state = workdir / "state.json"
+        state = workdir / f"state-{tag}.json"  # one per process: a state file has one daemon
         state.write_text(json.dumps({"version": 1, "apps": {"app": {"instances": [
-            {"id": "app-i1", "address": "127.0.0.1"}]}}}))
+            {"id": "app-i1", "address": "127.0.0.1", "ports": "1024-65535"}]}}}))
         # One app carries every connection here: lift its default limit of 2000 like the others' maxconn.
         cmd = [str(args.cvmgate), "--listen", f"127.0.0.1:{port}", "--base-domain", BASE_DOMAIN,
-               "--state", str(state), "--workers", "1", "--app-max-connections", "100000"] + args.cvmgate_arg
+               "--state", str(state), "--admin", f"unix:{workdir}/admin-{tag}.sock", "--workers", "1",
+               "--app-max-connections", "100000"] + args.cvmgate_arg
         return Process(product, cmd, port, cpus, logpath, args.start_timeout, ready_text=b"cvmgate: ready")
     if product.startswith("haproxy"):
         splice = ("    option splice-request\n    option splice-response\n" if product == "haproxy-splice"

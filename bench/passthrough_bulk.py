@@ -54,7 +54,8 @@ class Gateway:
         self.logpath = logdir / f"cvmgate-{tag}.log"
         self.cmd = [
             str(args.cvmgate), "--listen", f"127.0.0.1:{self.port}", "--base-domain", args.base_domain,
-            "--state", str(state_path), "--workers", str(args.workers), "--splice-mode", mode,
+            "--state", str(state_path), "--admin", f"unix:{logdir}/admin-{tag}.sock",
+            "--workers", str(args.workers), "--splice-mode", mode,
         ] + args.gateway_arg
         self.logf = open(self.logpath, "wb")
         try:
@@ -291,7 +292,8 @@ def main():
     logdir.mkdir(parents=True, exist_ok=True)
     state_path = Path(tmp.name) / "state.json"
     state_path.write_text(json.dumps(
-        {"version": 1, "apps": {args.app: {"instances": [{"id": args.instance_id, "address": "127.0.0.1"}]}}}))
+        {"version": 1, "apps": {args.app: {"instances": [{"id": args.instance_id, "address": "127.0.0.1",
+                                                            "ports": "1024-65535"}]}}}))
 
     results, problems, truncated = [], [], False
     notes = {}  # note text -> run tags

@@ -80,11 +80,12 @@ def start_product(product, args, workdir, backend_port, cert, cpus, tag):
         cmd = [str(BUILD / "tlsload"), "serve", "--listen", f"127.0.0.1:{port}", "--tls", f"{crt},{key}"]
         return Process(product, cmd, port, cpus, logpath, args.start_timeout)
     if product == "cvmgate":
-        state = workdir / "state.json"
+        state = workdir / f"state-{tag}.json"  # one per process: a state file has one daemon
         state.write_text(json.dumps({"version": 1, "apps": {"app": {"instances": [
-            {"id": "app-i1", "address": "127.0.0.1"}]}}}))
+            {"id": "app-i1", "address": "127.0.0.1", "ports": "1024-65535"}]}}}))
         cmd = [str(args.cvmgate), "--listen", f"127.0.0.1:{port}", "--base-domain", BASE_DOMAIN, "--state",
-               str(state), "--workers", "1", "--tls-cert", f"{BASE_DOMAIN}={crt},{key}"] + args.cvmgate_arg
+               str(state), "--admin", f"unix:{workdir}/admin-{tag}.sock", "--workers", "1",
+               "--tls-cert", f"{BASE_DOMAIN}={crt},{key}"] + args.cvmgate_arg
         return Process(product, cmd, port, cpus, logpath, args.start_timeout, ready_text=b"cvmgate: ready")
     if product == "haproxy":
         cfg = workdir / "haproxy.cfg"

@@ -9,6 +9,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 
@@ -16,7 +17,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "dataplane/log.h"
 #include "nlohmann/json.hpp"
+#include "openssl/crypto.h"
+#include "openssl/sha.h"
 
 namespace cvmgate {
 namespace {
@@ -37,6 +41,27 @@ std::string PercentDecode(std::string_view s) {
     }
   }
   return out;
+}
+
+// RFC 3629: what JSON may carry. Everything a request says is checked with
+// this before a handler may echo it back.
+bool IsUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    auto b = static_cast<unsigned char>(s[i]);
+    size_t n = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xe ? 3 : (b >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? b : b & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    // No overlong forms, no surrogates, nothing past U+10FFFF.
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) return false;
+    i += n;
+  }
+  return true;
 }
 
 const char* Reason(int status) {
@@ -61,7 +86,14 @@ std::string Serialize(const HttpResponse& r) {
 }
 
 HttpResponse ErrorResponse(int status, const std::string& message) {
-  return {status, "application/json", nlohmann::json{{"error", message}}.dump() + "\n"};
+  return {status, "application/json",
+          nlohmann::json{{"error", message}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"};
+}
+
+std::array<unsigned char, SHA256_DIGEST_LENGTH> Digest(std::string_view s) {
+  std::array<unsigned char, SHA256_DIGEST_LENGTH> d;
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), d.data());
+  return d;
 }
 
 }  // namespace
@@ -82,12 +114,16 @@ absl::StatusOr<size_t> ParseHttpRequest(const std::string& data, size_t max_body
   std::string target = first[1];
   size_t q = target.find('?');
   out.path = PercentDecode(target.substr(0, q));
+  bool utf8 = IsUtf8(out.path);
   if (q != std::string::npos) {
     for (absl::string_view kv : absl::StrSplit(target.substr(q + 1), '&', absl::SkipEmpty())) {
       std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-      out.query[PercentDecode(p.first)] = PercentDecode(p.second);
+      std::string key = PercentDecode(p.first), value = PercentDecode(p.second);
+      utf8 = utf8 && IsUtf8(key) && IsUtf8(value);
+      out.query[key] = value;
     }
   }
+  if (!utf8) return absl::InvalidArgumentError("the request target is not UTF-8 once percent-decoded");
   for (size_t i = 1; i < lines.size(); ++i) {
     size_t colon = lines[i].find(':');
     if (colon == std::string::npos) return absl::InvalidArgumentError("malformed header line");
@@ -170,9 +206,21 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
     if (size_t slash = address.path.rfind('/'); slash != std::string::npos && slash > 0) {
       mkdir(address.path.substr(0, slash).c_str(), 0750);
     }
-    // A socket file left by a previous run is replaced; anything else is an error.
+    // A socket file left by a previous run is replaced; one that still answers
+    // belongs to a running process and is never taken from it.
     struct stat st;
-    if (lstat(address.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(address.path.c_str());
+    if (lstat(address.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+      int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      bool answers = connect(probe, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+      close(probe);
+      if (answers) {
+        close(fd);
+        return absl::FailedPreconditionError(absl::StrCat(
+            "admin API ", address.text, ": a running process answers on this socket (another cvmgate?): stop it "
+            "first, or give this one another --admin"));
+      }
+      unlink(address.path.c_str());
+    }
     mode_t old = umask(0177);  // the socket is created 0600: only its owner may use the API
     rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
     umask(old);
@@ -199,36 +247,72 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
     close(fd);
     return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": listen: ", std::strerror(e)));
   }
-  return std::unique_ptr<AdminServer>(new AdminServer(bound, fd, std::move(token), std::move(handler)));
+  auto server = std::unique_ptr<AdminServer>(new AdminServer(bound, fd, std::move(token), std::move(handler)));
+  struct stat own;
+  if (address.unix_socket && stat(address.path.c_str(), &own) == 0) server->socket_file_ = {own.st_dev, own.st_ino};
+  return server;
 }
 
 AdminServer::~AdminServer() {
   for (Client& c : clients_) close(c.fd);
   close(listen_fd_);
-  if (address_.unix_socket) unlink(address_.path.c_str());
+  // Only our own socket file: another process may have bound the path since.
+  struct stat st;
+  if (address_.unix_socket && stat(address_.path.c_str(), &st) == 0 && socket_file_ &&
+      socket_file_->first == st.st_dev && socket_file_->second == st.st_ino) {
+    unlink(address_.path.c_str());
+  }
 }
 
 void AdminServer::AppendPollFds(std::vector<pollfd>& fds) const {
-  if (clients_.size() < kMaxClients) fds.push_back({listen_fd_, POLLIN, 0});
+  fds.push_back({listen_fd_, POLLIN, 0});
   for (const Client& c : clients_) fds.push_back({c.fd, static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
 }
 
 void AdminServer::Accept(int64_t now_ms) {
-  while (clients_.size() < kMaxClients) {
+  for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
+    if (clients_.size() >= kMaxClients) {
+      // Full: the oldest connection still waiting for its request makes room,
+      // so idle connections cannot keep an operator out until they time out.
+      auto oldest = clients_.end();
+      for (auto it = clients_.begin(); it != clients_.end(); ++it) {
+        if (it->out.empty() && (oldest == clients_.end() || it->deadline_ms < oldest->deadline_ms)) oldest = it;
+      }
+      if (oldest == clients_.end()) {
+        close(fd);  // every slot is writing a reply: that ends soon
+        continue;
+      }
+      close(oldest->fd);
+      clients_.erase(oldest);
+    }
     clients_.push_back({fd, now_ms + kClientTimeoutMs, {}, {}, 0});
   }
+}
+
+bool TokenMatches(std::string_view authorization, std::string_view token) {
+  // Digests first, so neither the token's bytes nor its length shape the time taken.
+  auto given = Digest(authorization);
+  auto wanted = Digest(absl::StrCat("Bearer ", absl::string_view(token.data(), token.size())));
+  return CRYPTO_memcmp(given.data(), wanted.data(), given.size()) == 0;
 }
 
 HttpResponse AdminServer::Dispatch(const HttpRequest& req) {
   if (!token_.empty()) {
     auto it = req.headers.find("authorization");
-    if (it == req.headers.end() || it->second != "Bearer " + token_) {
+    if (it == req.headers.end() || !TokenMatches(it->second, token_)) {
       return ErrorResponse(401, "missing or wrong bearer token");
     }
   }
-  return handler_(req);
+  // Handlers answer bad input with a 4xx themselves; this only keeps a bug in
+  // one from ending the process and every relay with it.
+  try {
+    return handler_(req);
+  } catch (const std::exception& e) {
+    Log("admin API: ", req.method, " ", req.path, " failed: ", e.what());
+    return ErrorResponse(500, absl::StrCat("internal error: ", e.what()));
+  }
 }
 
 bool AdminServer::Serve(Client& c) {

@@ -3,11 +3,14 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,7 +33,11 @@ struct HttpResponse {
 
 // Parses one request from `data`. Returns the number of bytes it used, 0 when
 // more bytes are needed, or an error for a request that cannot be served.
+// The path and query are percent-decoded and must then be UTF-8.
 absl::StatusOr<size_t> ParseHttpRequest(const std::string& data, size_t max_body, HttpRequest& out);
+
+// Whether an Authorization header carries `Bearer <token>`, compared in constant time.
+bool TokenMatches(std::string_view authorization, std::string_view token);
 
 // Where the admin API listens: "unix:/run/cvmgate/admin.sock" (mode 0600) or
 // "tcp:127.0.0.1:PORT" / "tcp:[::1]:PORT" (loopback only, bearer token required).
@@ -80,6 +87,7 @@ class AdminServer {
   std::string token_;
   Handler handler_;
   std::vector<Client> clients_;
+  std::optional<std::pair<dev_t, ino_t>> socket_file_;  // the Unix socket file this server bound
 };
 
 }  // namespace cvmgate

@@ -2,6 +2,8 @@
 #include "control/control_plane.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <chrono>
@@ -9,6 +11,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
 #include "nlohmann/json.hpp"
@@ -18,7 +21,11 @@ namespace {
 
 using nlohmann::json;
 
-HttpResponse Json(int status, const json& body) { return {status, "application/json", body.dump(1) + "\n"}; }
+// Strings from requests are checked to be UTF-8 before they get here; replacing
+// what is not keeps a missed one from ever throwing out of the control loop.
+HttpResponse Json(int status, const json& body) {
+  return {status, "application/json", body.dump(1, ' ', false, json::error_handler_t::replace) + "\n"};
+}
 
 HttpResponse Error(const absl::Status& s) {
   int status = 500;
@@ -38,6 +45,41 @@ std::string Field(const json& body, const char* name) {
   return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
+// This host's addresses, canonical text: what a wildcard listener accepts.
+absl::flat_hash_set<std::string> HostAddresses() {
+  absl::flat_hash_set<std::string> out;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a != nullptr; a = a->ifa_next) {
+    if (a->ifa_addr == nullptr) continue;
+    char text[INET6_ADDRSTRLEN];
+    if (a->ifa_addr->sa_family == AF_INET) {
+      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof(text));
+    } else if (a->ifa_addr->sa_family == AF_INET6) {
+      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, text, sizeof(text));
+    } else {
+      continue;
+    }
+    out.insert(text);
+  }
+  freeifaddrs(list);
+  return out;
+}
+
+sockaddr_storage SockaddrOf(const std::string& address, uint16_t port) {
+  sockaddr_storage ss{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+  } else if (inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+  }
+  return ss;
+}
+
 }  // namespace
 
 bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time now, absl::Duration within) {
@@ -54,7 +96,24 @@ ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotD
       wg_(wg),
       clock_(clock),
       worker_metrics_(std::move(worker_metrics)),
-      tickets_rotated_(clock.Now()) {}
+      tickets_rotated_(clock.Now()),
+      host_addresses_(HostAddresses()) {}
+
+bool ControlPlane::IsLocal(const std::string& address) const {
+  in_addr v4{};
+  // Linux delivers all of 127.0.0.0/8 locally, whatever lo lists.
+  if (inet_pton(AF_INET, address.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127) return true;
+  return address == "::1" || host_addresses_.contains(address);
+}
+
+uint16_t ControlPlane::OwnListenerPort(const std::string& address, const PortSet& ports) const {
+  bool local = IsLocal(address);
+  for (const sockaddr_storage& l : options_.listeners) {
+    uint16_t port = SockaddrPort(l);
+    if (ports.Contains(port) && IsOwnListener(SockaddrOf(address, port), local, options_.listeners)) return port;
+  }
+  return 0;
+}
 
 int64_t ControlPlane::LastHandshake(const Registration& reg) const {
   if (!reg.key) return 0;
@@ -72,7 +131,8 @@ absl::Status ControlPlane::Publish() {
     bool up = IsHealthy(reg, LastHandshake(reg), now, options_.healthy_within);
     healthy += up;
     health.push_back(up);
-    entries.push_back({reg.app, reg.id, reg.address, up, MaxConnections(reg.app), ProxyProtocol(reg.app)});
+    entries.push_back({reg.app, reg.id, reg.address, up, MaxConnections(reg.app), ProxyProtocol(reg.app), reg.ports,
+                       reg.is_static() && IsLocal(reg.address)});
   }
   // Workers only see a new snapshot when routing really changed.
   if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
@@ -90,6 +150,11 @@ absl::Status ControlPlane::Publish() {
 }
 
 absl::Status ControlPlane::Poll() {
+  // An address added to or removed from this host changes which static instances are local.
+  if (auto addresses = HostAddresses(); addresses != host_addresses_) {
+    host_addresses_ = std::move(addresses);
+    ++registry_version_;
+  }
   if (clock_.Now() - tickets_rotated_ >= options_.ticket_key_rotation) {
     tickets_.Rotate();
     tickets_rotated_ = clock_.Now();
@@ -199,12 +264,32 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
   std::string address = Field(body, "address");
   if (app.empty() || id.empty() || key.empty() == address.empty()) {
     return Error(absl::InvalidArgumentError(
-        "give 'app', 'instance' and either 'public_key' (a CVM) or 'address' (a static instance)"));
+        "give 'app', 'instance' and either 'public_key' (a CVM) or 'address' and 'ports' (a static instance)"));
+  }
+  std::string ports;
+  if (auto it = body.find("ports"); it != body.end()) {
+    if (!key.empty()) {
+      return Error(absl::InvalidArgumentError("a CVM serves every port of its own: 'ports' is for static instances"));
+    }
+    if (!it->is_string()) return Error(absl::InvalidArgumentError("'ports' must be a string such as \"8080,8443\""));
+    ports = it->get<std::string>();
   }
   if (!key.empty() && wg_ == nullptr) {
     return Error(absl::FailedPreconditionError("no WireGuard interface is configured (--wg-interface)"));
   }
-  auto out = key.empty() ? registry_.RegisterStatic(app, id, address) : registry_.Register(app, id, key);
+  if (key.empty()) {
+    // The registry checks both again; here they are needed to see whether the instance is the gateway itself.
+    auto canonical = CanonicalStaticAddress(address);
+    auto port_set = PortSet::Parse(ports);
+    if (canonical.ok() && port_set.ok()) {
+      if (uint16_t own = OwnListenerPort(*canonical, *port_set)) {
+        return Error(absl::AlreadyExistsError(absl::StrCat(
+            SockaddrText(SockaddrOf(*canonical, own)), " is this gateway's own listener: a static instance there would "
+            "make the gateway connect to itself (serve other ports, or use another address)")));
+      }
+    }
+  }
+  auto out = key.empty() ? registry_.RegisterStatic(app, id, address, ports) : registry_.Register(app, id, key);
   if (!out.ok()) return Error(out.status());
   if (out->changed) {
     ++registry_version_;
@@ -230,6 +315,7 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
                 {"static", out->reg.is_static()},
                 {"changed", out->changed},
                 {"base_domains", options_.base_domains}};
+  if (out->reg.is_static()) reply["ports"] = out->reg.ports.ToString();
   if (!out->reg.is_static()) {
     reply["gateway_public_key"] = gateway_public_key_;
     reply["gateway_endpoint"] = options_.gateway_endpoint;
@@ -264,6 +350,7 @@ HttpResponse ControlPlane::List() {
               {"ip", reg.address},
               {"static", reg.is_static()},
               {"healthy", IsHealthy(reg, hs, now, options_.healthy_within)}};
+    if (reg.is_static()) i["ports"] = reg.ports.ToString();
     if (reg.key) {
       i["public_key"] = reg.key->ToBase64();
       i["last_handshake"] = hs;
@@ -297,16 +384,27 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   json candidates = json::array();
   const auto& all = registry_.instances();
   bool pinned = all.contains(name.target.id);
-  size_t healthy = 0;
+  const uint16_t port = name.target.port;
+  size_t healthy = 0, serving = 0, usable = 0;
+  std::string own_listener;
   for (const auto& [id, reg] : all) {
     if (pinned ? id != name.target.id : reg.app != name.target.id) continue;
     int64_t hs = LastHandshake(reg);
     bool up = IsHealthy(reg, hs, now, options_.healthy_within);
+    bool serves = !reg.is_static() || reg.ports.Contains(port);
+    sockaddr_storage target = SockaddrOf(reg.address, port);
+    bool own = serves && reg.is_static() && IsOwnListener(target, IsLocal(reg.address), options_.listeners);
     healthy += up;
-    candidates.push_back({{"instance", reg.id},
-                          {"address", absl::StrCat(reg.address, ":", name.target.port)},
-                          {"healthy", up},
-                          {"static", reg.is_static()}});
+    serving += up && serves;
+    usable += up && serves && !own;
+    if (own) own_listener = SockaddrText(target);
+    json c = {{"instance", reg.id},
+              {"address", SockaddrText(target)},
+              {"healthy", up},
+              {"static", reg.is_static()},
+              {"serves_port", serves && !own}};
+    if (reg.is_static()) c["ports"] = reg.ports.ToString();
+    candidates.push_back(c);
   }
   out["pinned"] = pinned;
   out["candidates"] = candidates;
@@ -328,6 +426,12 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   } else if (healthy == 0) {
     out["verdict"] = "refused: no healthy instance";
     out["routable"] = false;
+  } else if (serving == 0) {
+    out["verdict"] = absl::StrCat("refused: no healthy instance serves port ", port, " (static instances name theirs)");
+    out["routable"] = false;
+  } else if (usable == 0) {
+    out["verdict"] = absl::StrCat("refused: ", own_listener, " is this gateway's own listener");
+    out["routable"] = false;
   } else if (live >= max) {
     out["verdict"] = absl::StrCat("refused: app ", app, " holds ", live, " connections, its limit");
     out["routable"] = false;
@@ -336,7 +440,8 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
                       : name.target.mode == Mode::kGrpc ? "TLS terminated here (ALPN h2), plaintext"
                                                         : "TLS terminated here (ALPN http/1.1), plaintext";
     out["verdict"] = pinned ? absl::StrCat(how, " to the pinned instance")
-                            : absl::StrCat(how, " to one of ", healthy, " healthy instances, chosen at random");
+                            : absl::StrCat(how, " to one of ", usable, " healthy instances serving port ", port,
+                                           ", chosen at random");
     out["routable"] = true;
   }
   return Json(200, out);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "control/admin_http.h"
@@ -42,6 +43,7 @@ struct ControlOptions {
   int32_t app_max_connections = 2000;  // unless the app overrides it
   absl::Duration ticket_key_rotation = absl::Hours(1);
   bool proxy_protocol = false;  // unless the app overrides it
+  std::vector<sockaddr_storage> listeners;  // the data plane's bound listeners: never an instance's address:port
 };
 
 class ControlPlane {
@@ -80,6 +82,9 @@ class ControlPlane {
   HttpResponse Metrics();
   HttpResponse ReloadCertificates();
   int64_t LastHandshake(const Registration& reg) const;
+  bool IsLocal(const std::string& address) const;
+  // The first of `ports` at which `address` would reach one of this gateway's listeners, or 0.
+  uint16_t OwnListenerPort(const std::string& address, const PortSet& ports) const;
 
   ControlOptions options_;
   Registry& registry_;
@@ -106,6 +111,7 @@ class ControlPlane {
   absl::Time tickets_rotated_;
   std::shared_ptr<const TlsContexts> tls_;
   uint64_t certificate_reloads_ = 0;
+  absl::flat_hash_set<std::string> host_addresses_;  // this host's own addresses, canonical text
 };
 
 }  // namespace cvmgate

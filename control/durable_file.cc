@@ -2,11 +2,14 @@
 #include "control/durable_file.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 
 namespace cvmgate {
@@ -55,6 +58,39 @@ absl::Status WriteFileDurably(const std::string& path, const std::string& conten
   close(dfd);
   if (rc != 0) return Errno("cannot fsync directory", dir);
   return absl::OkStatus();
+}
+
+absl::StatusOr<int> LockBeside(const std::string& path) {
+  const std::string lock = absl::StrCat(path, ".lock");
+  int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0 && errno == ENOENT) {
+    if (size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0) {
+      mkdir(path.substr(0, slash).c_str(), 0700);
+      fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    }
+  }
+  if (fd < 0) return Errno("cannot create the lock file", lock);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    char pid[32] = {};
+    ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
+    close(fd);
+    if (err != EWOULDBLOCK) {
+      errno = err;
+      return Errno("cannot lock", lock);
+    }
+    std::string holder(absl::StripAsciiWhitespace(n > 0 ? absl::string_view(pid, static_cast<size_t>(n)) : ""));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "state file ", path, " is in use by another cvmgate", holder.empty() ? "" : absl::StrCat(" (pid ", holder, ")"),
+        ", which holds ", lock, ": stop it first, or give this one its own --state"));
+  }
+  std::string me = absl::StrCat(getpid(), "\n");
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    auto s = Errno("cannot write", lock);
+    close(fd);
+    return s;
+  }
+  return fd;
 }
 
 }  // namespace cvmgate

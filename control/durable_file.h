@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace cvmgate {
 
@@ -11,5 +12,11 @@ namespace cvmgate {
 // over `path` and fsyncs the directory, so an acknowledged write survives a
 // crash or power loss at any moment.
 absl::Status WriteFileDurably(const std::string& path, const std::string& contents);
+
+// Takes an advisory lock (flock) on `path`.lock, creating it (and a missing
+// parent directory) when needed, and writes this process's pid into it. The
+// returned descriptor holds the lock until the process ends, however it ends;
+// a lock held elsewhere is an error naming the pid that holds it.
+absl::StatusOr<int> LockBeside(const std::string& path);
 
 }  // namespace cvmgate

@@ -69,13 +69,19 @@ absl::StatusOr<in_addr> IpPool::Allocate() {
   return absl::ResourceExhaustedError(absl::StrCat("address pool ", cidr_, " is exhausted"));
 }
 
-absl::Status IpPool::Reserve(in_addr ip) {
+absl::Status IpPool::CanReserve(in_addr ip) const {
   uint32_t h = ntohl(ip.s_addr);
   if (!Contains(ip)) {
     return absl::InvalidArgumentError(absl::StrCat(IpText(ip), " is outside the address pool ", cidr_));
   }
   if (h == gateway_) return absl::InvalidArgumentError(absl::StrCat(IpText(ip), " is the gateway's own address"));
-  if (!used_.insert(h).second) return absl::AlreadyExistsError(absl::StrCat(IpText(ip), " is assigned twice"));
+  if (used_.contains(h)) return absl::AlreadyExistsError(absl::StrCat(IpText(ip), " is assigned twice"));
+  return absl::OkStatus();
+}
+
+absl::Status IpPool::Reserve(in_addr ip) {
+  if (auto s = CanReserve(ip); !s.ok()) return s;
+  used_.insert(ntohl(ip.s_addr));
   return absl::OkStatus();
 }
 

@@ -21,8 +21,9 @@ class IpPool {
   // an error when the pool is exhausted.
   absl::StatusOr<in_addr> Allocate();
   // Marks an address (from the state file) as taken; an error when it is outside
-  // the pool, reserved, or taken already.
+  // the pool, reserved, or taken already. CanReserve says the same without taking it.
   absl::Status Reserve(in_addr ip);
+  absl::Status CanReserve(in_addr ip) const;
   void Release(in_addr ip);
 
   bool Contains(in_addr ip) const;

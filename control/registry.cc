@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "control/durable_file.h"
 #include "dataplane/host_name.h"
+#include "dataplane/strings.h"
 #include "nlohmann/json.hpp"
 
 namespace cvmgate {
@@ -20,17 +21,13 @@ namespace {
 constexpr int kStateVersion = 1;
 
 absl::StatusOr<std::string> ValidId(std::string_view what, std::string_view raw) {
-  std::string id = absl::AsciiStrToLower(std::string(raw));
+  std::string id = absl::AsciiStrToLower(AbslView(raw));
   if (!IsValidId(id)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(std::string(what), " '", std::string(raw), "' must be 1-63 of [a-z0-9-]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        AbslView(what), " '", AbslView(raw.substr(0, 100)),
+        "' must be a DNS label: 1-63 of [a-z0-9-], starting and ending with a letter or digit"));
   }
   return id;
-}
-
-bool IsIpLiteral(const std::string& text) {
-  in6_addr buf;
-  return inet_pton(AF_INET, text.c_str(), &buf) == 1 || inet_pton(AF_INET6, text.c_str(), &buf) == 1;
 }
 
 std::optional<in_addr> Ipv4(const std::string& text) {
@@ -39,7 +36,96 @@ std::optional<in_addr> Ipv4(const std::string& text) {
   return std::nullopt;
 }
 
+absl::Status NamespaceError(std::string_view what) {
+  return absl::AlreadyExistsError(
+      absl::StrCat(AbslView(what), ": an id names one app or one instance, never both (<id>.<base-domain> must "
+                                   "mean one thing)"));
+}
+
 }  // namespace
+
+absl::StatusOr<std::string> CanonicalStaticAddress(std::string_view raw) {
+  std::string text(raw.substr(0, INET6_ADDRSTRLEN + 1));
+  auto refuse = [&](std::string_view why) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address '", AbslView(raw.substr(0, 100)), "' ", AbslView(why)));
+  };
+  in_addr v4{};
+  in6_addr v6{};
+  bool is_v4 = inet_pton(AF_INET, text.c_str(), &v4) == 1;
+  if (!is_v4) {
+    if (text.size() != raw.size() || inet_pton(AF_INET6, text.c_str(), &v6) != 1) {
+      return refuse("is not an IPv4 or IPv6 address");
+    }
+    // ::ffff:a.b.c.d is a.b.c.d: one address, one spelling, one set of rules.
+    if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+      std::memcpy(&v4, &v6.s6_addr[12], 4);
+      is_v4 = true;
+    }
+  }
+  char out[INET6_ADDRSTRLEN];
+  if (is_v4) {
+    uint32_t h = ntohl(v4.s_addr);
+    if ((h >> 24) == 0) return refuse("is unspecified (0.0.0.0/8 names no host)");
+    if ((h >> 28) == 0xe) return refuse("is multicast");
+    if (h == 0xffffffff) return refuse("is the broadcast address");
+    if ((h >> 28) == 0xf) return refuse("is reserved (240.0.0.0/4)");
+    inet_ntop(AF_INET, &v4, out, sizeof(out));
+    return std::string(out);
+  }
+  if (IN6_IS_ADDR_UNSPECIFIED(&v6)) return refuse("is unspecified");
+  if (IN6_IS_ADDR_MULTICAST(&v6)) return refuse("is multicast");
+  inet_ntop(AF_INET6, &v6, out, sizeof(out));
+  return std::string(out);
+}
+
+absl::Status Registry::CheckNames(const std::string& app, const std::string& id) const {
+  if (auto it = instances_.find(id); it != instances_.end() && it->second.app != app) {
+    return absl::AlreadyExistsError(absl::StrCat("instance '", id, "' belongs to app '", it->second.app, "'"));
+  }
+  if (id == app || IsApp(id)) return NamespaceError(absl::StrCat("instance id '", id, "' is an app's id"));
+  if (auto it = instances_.find(app); it != instances_.end()) {
+    return NamespaceError(absl::StrCat("app id '", app, "' is the id of an instance of app '", it->second.app, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Registry::CheckAddress(const Registration& reg) const {
+  auto ip = Ipv4(reg.address);
+  bool in_pool = ip && pool_.Contains(*ip);
+  if (!reg.is_static() && !in_pool) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("address ", reg.address, " is not an IPv4 address of the pool ", pool_.cidr()));
+  }
+  if (!in_pool) return absl::OkStatus();  // a static host outside the tunnel may serve several instances
+  absl::Status s = pool_.CanReserve(*ip);
+  if (absl::IsAlreadyExists(s)) {
+    for (const auto& [other_id, other] : instances_) {
+      if (other.address == reg.address) {
+        return absl::AlreadyExistsError(absl::StrCat("address ", reg.address, " is already used by instance '",
+                                                     other_id, "' (a tunnel address belongs to one instance)"));
+      }
+    }
+  }
+  return s;
+}
+
+void Registry::Link(const Registration& reg) {
+  instances_[reg.id] = reg;
+  ++app_sizes_[reg.app];
+  if (reg.key) key_owner_[reg.key->ToBase64()] = reg.id;
+  if (auto ip = Ipv4(reg.address); ip && pool_.Contains(*ip)) (void)pool_.Reserve(*ip);
+}
+
+void Registry::Unlink(const std::string& id) {
+  auto it = instances_.find(id);
+  if (it == instances_.end()) return;
+  Registration reg = std::move(it->second);
+  instances_.erase(it);
+  if (--app_sizes_[reg.app] == 0) app_sizes_.erase(reg.app);
+  if (reg.key) key_owner_.erase(reg.key->ToBase64());
+  if (auto ip = Ipv4(reg.address); ip && pool_.Contains(*ip)) pool_.Release(*ip);
+}
 
 absl::Status Registry::Load() {
   std::ifstream in(path_, std::ios::binary);
@@ -50,7 +136,7 @@ absl::Status Registry::Load() {
     ss << in.rdbuf();
     text = ss.str();
   }
-  auto fail = [&](const std::string& why) {
+  auto fail = [&](absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat("state file ", path_, ": ", why));
   };
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
@@ -58,18 +144,16 @@ absl::Status Registry::Load() {
   if (!doc.contains("version") || doc["version"] != kStateVersion) {
     return fail(absl::StrCat("unsupported or missing version (this cvmgate reads version ", kStateVersion, ")"));
   }
-  // Validate into an empty pool of the same shape; swap in only when all is well.
-  auto fresh = IpPool::Create(pool_.cidr(), IpText(pool_.gateway()));
-  if (!fresh.ok()) return fresh.status();
-  IpPool pool = *std::move(fresh);
-  std::map<std::string, Registration> loaded;
-  std::map<std::string, AppSettings> settings;
-  absl::flat_hash_set<std::string> keys;
+  // Build a registry of the same shape by the same rules; swap it in only when all is well.
+  auto pool = IpPool::Create(pool_.cidr(), IpText(pool_.gateway()));
+  if (!pool.ok()) return pool.status();
+  Registry fresh(*std::move(pool), path_);
   if (doc.contains("apps")) {
     if (!doc["apps"].is_object()) return fail("'apps' must be an object");
     for (auto& [raw_app, app] : doc["apps"].items()) {
       auto app_id = ValidId("app id", raw_app);
-      if (!app_id.ok()) return fail(std::string(app_id.status().message()));
+      if (!app_id.ok()) return fail(app_id.status().message());
+      if (fresh.IsApp(*app_id)) return fail(absl::StrCat("app '", *app_id, "' appears twice (ids ignore case)"));
       if (!app.is_object() || (app.contains("instances") && !app["instances"].is_array())) {
         return fail(absl::StrCat("app '", *app_id, "': 'instances' must be an array"));
       }
@@ -88,7 +172,7 @@ absl::Status Registry::Load() {
         }
         s.max_connections = m.get<int32_t>();
       }
-      if (!s.empty()) settings[*app_id] = s;
+      if (!s.empty()) fresh.settings_[*app_id] = s;
       if (!app.contains("instances")) continue;
       for (auto& entry : app["instances"]) {
         if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_string() || !entry.contains("address") ||
@@ -98,38 +182,46 @@ absl::Status Registry::Load() {
         Registration reg;
         reg.app = *app_id;
         auto id = ValidId("instance id", entry["id"].get<std::string>());
-        if (!id.ok()) return fail(std::string(id.status().message()));
+        if (!id.ok()) return fail(id.status().message());
         reg.id = *id;
+        auto where = [&](absl::string_view why) { return fail(absl::StrCat("instance '", reg.id, "': ", why)); };
+        if (fresh.instances_.contains(reg.id)) return where("appears twice");
         reg.address = entry["address"].get<std::string>();
-        if (loaded.contains(reg.id)) return fail(absl::StrCat("instance id '", reg.id, "' appears twice"));
         if (entry.contains("public_key")) {
-          if (!entry["public_key"].is_string()) return fail(absl::StrCat("instance '", reg.id, "': bad public_key"));
+          if (!entry["public_key"].is_string()) return where("bad public_key");
           auto key = WgKey::FromBase64(entry["public_key"].get<std::string>());
-          if (!key.ok()) return fail(absl::StrCat("instance '", reg.id, "': ", key.status().message()));
-          if (!keys.insert(key->ToBase64()).second) {
-            return fail(absl::StrCat("instance '", reg.id, "': public key used by another instance"));
+          if (!key.ok()) return where(key.status().message());
+          if (auto owner = fresh.key_owner_.find(key->ToBase64()); owner != fresh.key_owner_.end()) {
+            return where(absl::StrCat("public key used by instance '", owner->second, "' too"));
           }
+          if (entry.contains("ports")) return where("a CVM serves every port of its own: 'ports' is for static instances");
           reg.key = *key;
-          auto ip = Ipv4(reg.address);
-          if (!ip) return fail(absl::StrCat("instance '", reg.id, "': address '", reg.address, "' is not IPv4"));
-          if (auto s = pool.Reserve(*ip); !s.ok()) return fail(absl::StrCat("instance '", reg.id, "': ", s.message()));
+          if (auto ip = Ipv4(reg.address)) reg.address = IpText(*ip);
         } else {
-          if (!IsIpLiteral(reg.address)) {
-            return fail(absl::StrCat("instance '", reg.id, "': address '", reg.address, "' is not an IP address"));
+          auto address = CanonicalStaticAddress(reg.address);
+          if (!address.ok()) return where(address.status().message());
+          reg.address = *address;
+          if (!entry.contains("ports") || !entry["ports"].is_string()) {
+            return where("a static instance names the ports it serves (\"ports\": \"8080,8443\")");
           }
-          if (auto ip = Ipv4(reg.address); ip && pool.Contains(*ip)) {
-            if (auto s = pool.Reserve(*ip); !s.ok()) {
-              return fail(absl::StrCat("instance '", reg.id, "': ", s.message()));
-            }
-          }
+          auto ports = PortSet::Parse(entry["ports"].get<std::string>());
+          if (!ports.ok()) return where(ports.status().message());
+          reg.ports = *std::move(ports);
         }
-        loaded.emplace(reg.id, std::move(reg));
+        if (auto s = fresh.CheckAddress(reg); !s.ok()) return where(s.message());
+        fresh.Link(reg);
       }
     }
   }
-  pool_ = std::move(pool);
-  instances_ = std::move(loaded);
-  settings_ = std::move(settings);
+  // The namespace once every app is known: an instance may come before the app it collides with.
+  for (const auto& [id, reg] : fresh.instances_) {
+    if (auto s = fresh.CheckNames(reg.app, id); !s.ok()) return fail(s.message());
+  }
+  pool_ = std::move(fresh.pool_);
+  instances_ = std::move(fresh.instances_);
+  settings_ = std::move(fresh.settings_);
+  app_sizes_ = std::move(fresh.app_sizes_);
+  key_owner_ = std::move(fresh.key_owner_);
   return absl::OkStatus();
 }
 
@@ -138,6 +230,7 @@ std::string Registry::ToJson() const {
   for (const auto& [id, reg] : instances_) {
     nlohmann::json inst = {{"id", reg.id}, {"address", reg.address}};
     if (reg.key) inst["public_key"] = reg.key->ToBase64();
+    if (reg.is_static()) inst["ports"] = reg.ports.ToString();
     apps[reg.app]["instances"].push_back(inst);
   }
   for (const auto& [app, s] : settings_) {
@@ -152,25 +245,24 @@ std::string Registry::ToJson() const {
 
 absl::Status Registry::Save() const { return WriteFileDurably(path_, ToJson()); }
 
-absl::StatusOr<Registry::Outcome> Registry::Commit(Registration reg, std::optional<Registration> previous,
-                                                   bool allocated) {
-  instances_[reg.id] = reg;
-  if (auto s = Save(); !s.ok()) {
-    // Roll back: the caller is told it failed, so memory must match the file.
-    if (previous) {
-      instances_[reg.id] = *previous;
-    } else {
-      instances_.erase(reg.id);
+absl::StatusOr<Registry::Outcome> Registry::Commit(std::optional<Registration> previous, Registration next) {
+  if (previous) Unlink(previous->id);
+  absl::Status s = CheckAddress(next);
+  if (s.ok()) {
+    Link(next);
+    if (s = Save(); !s.ok()) {
+      Unlink(next.id);
+      s = absl::Status(s.code(), absl::StrCat("registration not saved: ", s.message()));
     }
-    if (allocated) {
-      if (auto ip = Ipv4(reg.address)) pool_.Release(*ip);
-    }
-    return absl::Status(s.code(), absl::StrCat("registration not saved: ", s.message()));
+  }
+  if (!s.ok()) {
+    if (previous) Link(*previous);  // roll back: the caller is told it failed, so memory must match the file
+    return s;
   }
   Outcome out;
-  out.reg = std::move(reg);
   out.changed = true;
-  if (previous && previous->key && out.reg.key && !(*previous->key == *out.reg.key)) out.replaced_key = previous->key;
+  if (previous && previous->key && next.key && !(*previous->key == *next.key)) out.replaced_key = previous->key;
+  out.reg = std::move(next);
   return out;
 }
 
@@ -182,17 +274,13 @@ absl::StatusOr<Registry::Outcome> Registry::Register(std::string_view raw_app, s
   if (!id.ok()) return id.status();
   auto key = WgKey::FromBase64(public_key);
   if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat("public key: ", key.status().message()));
-  for (const auto& [other_id, other] : instances_) {
-    if (other_id != *id && other.key && *other.key == *key) {
-      return absl::AlreadyExistsError(absl::StrCat("public key already belongs to instance '", other_id, "'"));
-    }
+  if (auto s = CheckNames(*app, *id); !s.ok()) return s;
+  if (auto owner = key_owner_.find(key->ToBase64()); owner != key_owner_.end() && owner->second != *id) {
+    return absl::AlreadyExistsError(absl::StrCat("public key already belongs to instance '", owner->second, "'"));
   }
   auto it = instances_.find(*id);
   if (it != instances_.end()) {
     const Registration& old = it->second;
-    if (old.app != *app) {
-      return absl::AlreadyExistsError(absl::StrCat("instance '", *id, "' belongs to app '", old.app, "'"));
-    }
     if (old.is_static()) {
       return absl::AlreadyExistsError(
           absl::StrCat("instance '", *id, "' is registered as static; deregister it first"));
@@ -200,75 +288,63 @@ absl::StatusOr<Registry::Outcome> Registry::Register(std::string_view raw_app, s
     if (*old.key == *key) return Outcome{old, std::nullopt, false};
     Registration next = old;
     next.key = *key;  // same address: the CVM keeps its /32, the peer is replaced
-    return Commit(std::move(next), old, false);
+    return Commit(old, std::move(next));
   }
   auto ip = pool_.Allocate();
   if (!ip.ok()) return ip.status();
-  Registration reg{*app, *id, *key, IpText(*ip)};
-  return Commit(std::move(reg), std::nullopt, true);
+  pool_.Release(*ip);  // Commit takes it, or leaves it free when the registration fails
+  return Commit(std::nullopt, Registration{*app, *id, *key, IpText(*ip), {}});
 }
 
 absl::StatusOr<Registry::Outcome> Registry::RegisterStatic(std::string_view raw_app, std::string_view raw_id,
-                                                           std::string_view raw_address) {
+                                                           std::string_view raw_address, std::string_view raw_ports) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
   auto id = ValidId("instance id", raw_id);
   if (!id.ok()) return id.status();
-  std::string address(raw_address);
-  if (!IsIpLiteral(address)) {
-    return absl::InvalidArgumentError(absl::StrCat("address '", address, "' is not an IPv4 or IPv6 address"));
+  auto address = CanonicalStaticAddress(raw_address);
+  if (!address.ok()) return address.status();
+  if (raw_ports.empty()) {
+    return absl::InvalidArgumentError("a static instance names the ports it serves (e.g. 8080,8443)");
   }
-  auto it = instances_.find(*id);
-  if (it != instances_.end()) {
+  auto ports = PortSet::Parse(raw_ports);
+  if (!ports.ok()) return ports.status();
+  if (auto s = CheckNames(*app, *id); !s.ok()) return s;
+  Registration next{*app, *id, std::nullopt, *address, *ports};
+  std::optional<Registration> previous;
+  if (auto it = instances_.find(*id); it != instances_.end()) {
     const Registration& old = it->second;
-    if (old.app != *app) {
-      return absl::AlreadyExistsError(absl::StrCat("instance '", *id, "' belongs to app '", old.app, "'"));
-    }
     if (!old.is_static()) {
       return absl::AlreadyExistsError(
           absl::StrCat("instance '", *id, "' is registered with a WireGuard key; deregister it first"));
     }
-    if (old.address == address) return Outcome{old, std::nullopt, false};
+    if (old.address == next.address && old.ports == next.ports) return Outcome{old, std::nullopt, false};
+    previous = old;
   }
-  for (const auto& [other_id, other] : instances_) {
-    if (other_id != *id && other.address == address) {
-      return absl::AlreadyExistsError(absl::StrCat("address ", address, " is already used by instance '", other_id, "'"));
-    }
-  }
-  std::optional<Registration> previous;
-  if (it != instances_.end()) previous = it->second;
-  bool allocated = false;
-  if (auto ip = Ipv4(address); ip && pool_.Contains(*ip)) {
-    if (auto s = pool_.Reserve(*ip); !s.ok()) return s;
-    allocated = true;
-  }
-  if (previous) {
-    if (auto ip = Ipv4(previous->address); ip && pool_.Contains(*ip)) pool_.Release(*ip);
-  }
-  auto out = Commit(Registration{*app, *id, std::nullopt, address}, previous, allocated);
-  if (!out.ok() && previous) {
-    if (auto ip = Ipv4(previous->address); ip && pool_.Contains(*ip)) (void)pool_.Reserve(*ip);
-  }
-  return out;
+  return Commit(std::move(previous), std::move(next));
 }
 
 absl::StatusOr<Registration> Registry::Deregister(std::string_view raw_id) {
-  std::string id = absl::AsciiStrToLower(std::string(raw_id));
+  std::string id = absl::AsciiStrToLower(AbslView(raw_id));
   auto it = instances_.find(id);
-  if (it == instances_.end()) return absl::NotFoundError(absl::StrCat("no instance '", id, "'"));
+  if (it == instances_.end()) {
+    return absl::NotFoundError(absl::StrCat("no instance '", AbslView(raw_id.substr(0, 100)), "'"));
+  }
   Registration removed = it->second;
-  instances_.erase(it);
+  Unlink(id);
   if (auto s = Save(); !s.ok()) {
-    instances_.emplace(id, removed);
+    Link(removed);
     return absl::Status(s.code(), absl::StrCat("deregistration not saved: ", s.message()));
   }
-  if (auto ip = Ipv4(removed.address); ip && pool_.Contains(*ip)) pool_.Release(*ip);
   return removed;
 }
 
 absl::StatusOr<bool> Registry::SetAppSettings(std::string_view raw_app, const AppSettings& settings) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
+  if (auto it = instances_.find(*app); it != instances_.end()) {
+    return NamespaceError(absl::StrCat("app id '", *app, "' is the id of an instance of app '", it->second.app, "'"));
+  }
   if (settings.max_connections &&
       (*settings.max_connections < 1 || *settings.max_connections > kMaxAppConnectionsLimit)) {
     return absl::InvalidArgumentError(

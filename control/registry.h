@@ -6,9 +6,11 @@
 #include <string>
 #include <string_view>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "control/ip_pool.h"
 #include "control/wireguard/wireguard.h"
+#include "dataplane/ports.h"
 
 namespace cvmgate {
 
@@ -16,7 +18,8 @@ struct Registration {
   std::string app;
   std::string id;
   std::optional<WgKey> key;  // empty: a static instance (fixed address, no WireGuard peer)
-  std::string address;       // the allocated /32, or the static address (IPv4 or IPv6)
+  std::string address;       // the allocated /32, or the static address (canonical IPv4 or IPv6 text)
+  PortSet ports;             // a static instance's ports (never empty); a CVM serves every port (empty)
   bool is_static() const { return !key.has_value(); }
 };
 
@@ -29,9 +32,20 @@ struct AppSettings {
 };
 inline constexpr int32_t kMaxAppConnectionsLimit = 1 << 24;
 
+// A static instance's address as the registry keeps it: an IPv4 or IPv6
+// literal in canonical form (an IPv4-mapped IPv6 address becomes IPv4), never
+// unspecified, multicast or broadcast.
+absl::StatusOr<std::string> CanonicalStaticAddress(std::string_view text);
+
 // Owned by the control thread. Every mutation is validated first and written
 // to the state file before it is acknowledged; when the write fails, memory is
-// rolled back, so nothing is ever half-applied.
+// rolled back, so nothing is ever half-applied. The API and the state file obey
+// the same rules:
+// - app and instance ids are DNS labels and share one namespace: an id names
+//   one app or one instance, so no app can take over another's names;
+// - a CVM has a unique WireGuard key and a unique /32 from the pool;
+// - a static instance names the ports it serves; its address is unique when it
+//   lies in the pool (a tunnel address), and may be shared outside it.
 class Registry {
  public:
   Registry(IpPool pool, std::string path) : pool_(std::move(pool)), path_(std::move(path)) {}
@@ -46,7 +60,8 @@ class Registry {
     bool changed = false;               // false: an idempotent repeat
   };
   absl::StatusOr<Outcome> Register(std::string_view app, std::string_view id, std::string_view public_key);
-  absl::StatusOr<Outcome> RegisterStatic(std::string_view app, std::string_view id, std::string_view address);
+  absl::StatusOr<Outcome> RegisterStatic(std::string_view app, std::string_view id, std::string_view address,
+                                         std::string_view ports);
   absl::StatusOr<Registration> Deregister(std::string_view id);
   // Replaces an app's overrides (an empty value removes them). The app need
   // not have instances yet: settings may be made before the first CVM registers.
@@ -62,12 +77,26 @@ class Registry {
 
  private:
   absl::Status Save() const;
-  absl::StatusOr<Outcome> Commit(Registration reg, std::optional<Registration> previous, bool allocated);
+  bool IsApp(const std::string& id) const { return app_sizes_.contains(id) || settings_.contains(id); }
+  // The shared namespace, for `id` joining `app` (an existing instance of
+  // `app` may be registered again).
+  absl::Status CheckNames(const std::string& app, const std::string& id) const;
+  // A static address inside the pool must be free there (or be `reg`'s own).
+  absl::Status CheckAddress(const Registration& reg) const;
+  // Adds or removes an instance with its indexes and its pool address; Link
+  // expects CheckNames/CheckAddress to have passed.
+  void Link(const Registration& reg);
+  void Unlink(const std::string& id);
+  // Replaces `previous` (if any) by `next` in memory and in the state file, or
+  // changes nothing and says why.
+  absl::StatusOr<Outcome> Commit(std::optional<Registration> previous, Registration next);
 
   IpPool pool_;
   std::string path_;
-  std::map<std::string, Registration> instances_;  // by instance id
-  std::map<std::string, AppSettings> settings_;     // by app id; never holds an empty value
+  std::map<std::string, Registration> instances_;          // by instance id
+  std::map<std::string, AppSettings> settings_;             // by app id; never holds an empty value
+  absl::flat_hash_map<std::string, size_t> app_sizes_;      // app id -> instances
+  absl::flat_hash_map<std::string, std::string> key_owner_;  // CVM key (base64) -> instance id
 };
 
 }  // namespace cvmgate

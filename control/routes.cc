@@ -68,6 +68,9 @@ absl::StatusOr<std::unique_ptr<const RouteSnapshot>> RouteSnapshot::Build(const 
     inst.app_max_connections = app.max_connections;
     inst.proxy_protocol = app.proxy_protocol;
     if (auto s = ParseAddress(inst.address, inst); !s.ok()) return s;
+    inst.ports = e.ports;
+    inst.local = e.local;
+    if (inst.healthy && inst.restricted()) app.restricted = true;
     uint32_t index = static_cast<uint32_t>(snap->instances_.size());
     snap->by_instance_id_[inst.id] = index;
     if (inst.healthy) app.healthy.push_back(index);
@@ -83,11 +86,11 @@ RouteSnapshot::Lookup RouteSnapshot::Find(std::string_view id) const {
     const Instance& inst = instances_[it->second];
     std::span<const uint32_t> self = inst.healthy ? std::span(self_index_).subspan(it->second, 1)
                                                   : std::span<const uint32_t>();
-    return {true, self, inst.app_live, inst.app_max_connections, inst.proxy_protocol};
+    return {true, self, inst.app_live, inst.app_max_connections, inst.proxy_protocol, inst.restricted()};
   }
   if (auto it = apps_.find(AbslView(id)); it != apps_.end()) {
     const App& app = it->second;
-    return {true, app.healthy, app.live, app.max_connections, app.proxy_protocol};
+    return {true, app.healthy, app.live, app.max_connections, app.proxy_protocol, app.restricted};
   }
   return {};
 }

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <concepts>
 
 #include <cstdint>
 #include <memory>
@@ -15,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
+#include "dataplane/ports.h"
 
 namespace cvmgate {
 
@@ -30,6 +32,11 @@ struct Instance {
   bool proxy_protocol = false;  // the app's PROXY v2 setting
   sockaddr_storage addr{};  // port left 0: the port comes from the host name
   socklen_t addr_len = 0;
+  PortSet ports{};     // a static instance's ports; empty: every port (a CVM)
+  bool local = false;  // the address is this host's own: a wildcard listener would accept it
+  bool Serves(uint16_t port) const { return ports.empty() || ports.Contains(port); }
+  // Only instances that may refuse a port need a look before they are picked.
+  bool restricted() const { return !ports.empty() || local; }
 };
 
 // What the control plane knows of one instance when it builds a snapshot.
@@ -42,6 +49,8 @@ struct RouteEntry {
   // first entry of an app decides them.
   int32_t max_connections = INT32_MAX;
   bool proxy_protocol = false;
+  PortSet ports{};     // a static instance's ports; empty: every port (a CVM)
+  bool local = false;  // the address is one of this host's
 };
 
 // Live connections per app, counted by every worker. The counters outlive
@@ -75,6 +84,9 @@ class RouteSnapshot {
     std::atomic<int32_t>* app_live = nullptr;  // null: not counted
     int32_t app_max_connections = INT32_MAX;
     bool proxy_protocol = false;
+    // Some candidate serves only some ports or is a local address: each must
+    // be checked against the port before it is picked (static instances only).
+    bool restricted = false;
   };
   // The termination contexts in force; null when no --tls-cert is configured.
   const TlsContexts* tls() const { return tls_.get(); }
@@ -92,6 +104,7 @@ class RouteSnapshot {
     std::atomic<int32_t>* live = nullptr;
     int32_t max_connections = INT32_MAX;
     bool proxy_protocol = false;
+    bool restricted = false;
   };
   absl::flat_hash_map<std::string, App> apps_;
   std::shared_ptr<const TlsContexts> tls_;
@@ -100,34 +113,43 @@ class RouteSnapshot {
   std::vector<uint32_t> self_index_;
 };
 
-// Uniform choice among `candidates`, skipping those whose index is in `tried`.
-// Returns -1 when every candidate has been tried.
-template <typename Gen>
-int64_t PickInstance(std::span<const uint32_t> candidates, std::span<const uint32_t> tried, Gen& gen) {
-  uint32_t untried[64];
+// Uniform choice among the `candidates` for which `usable(index)` is true.
+// Returns -1 when none is.
+template <typename Usable, typename Gen>
+  requires std::predicate<Usable, uint32_t>
+int64_t PickInstance(std::span<const uint32_t> candidates, Usable usable, Gen& gen) {
+  uint32_t ok[64];
   size_t n = 0;
-  // Small apps take the fast path; large ones retry random draws (tried has at most a few entries).
-  auto is_tried = [&](uint32_t c) {
-    for (uint32_t t : tried) {
-      if (t == c) return true;
-    }
-    return false;
-  };
+  // Small apps take the fast path; large ones retry random draws (few are unusable: tried ones, mostly).
   if (candidates.size() <= 64) {
     for (uint32_t c : candidates) {
-      if (!is_tried(c)) untried[n++] = c;
+      if (usable(c)) ok[n++] = c;
     }
     if (n == 0) return -1;
-    return untried[absl::Uniform<size_t>(gen, 0, n)];
+    return ok[absl::Uniform<size_t>(gen, 0, n)];
   }
   for (int attempt = 0; attempt < 64; ++attempt) {
     uint32_t c = candidates[absl::Uniform<size_t>(gen, 0, candidates.size())];
-    if (!is_tried(c)) return c;
+    if (usable(c)) return c;
   }
   for (uint32_t c : candidates) {
-    if (!is_tried(c)) return c;
+    if (usable(c)) return c;
   }
   return -1;
+}
+
+// The same, skipping the candidates listed in `tried`.
+template <typename Gen>
+int64_t PickInstance(std::span<const uint32_t> candidates, std::span<const uint32_t> tried, Gen& gen) {
+  return PickInstance(
+      candidates,
+      [&](uint32_t c) {
+        for (uint32_t t : tried) {
+          if (t == c) return false;
+        }
+        return true;
+      },
+      gen);
 }
 
 }  // namespace cvmgate

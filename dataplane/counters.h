@@ -41,6 +41,8 @@ namespace cvmgate {
   X(closed_unknown_app, "no app or instance with that id")                                \
   X(closed_no_healthy_instance, "the app or pinned instance has no healthy instance")     \
   X(closed_app_limit, "the app already holds --app-max-connections connections")         \
+  X(closed_port_not_served, "no static instance of the app or pinned instance serves that port") \
+  X(closed_own_listener, "the only instances for that port are this gateway's own listeners") \
   X(connect_attempts, "connects started toward instances")                                \
   X(connect_failed, "connects that failed (each try counts)")                             \
   X(connect_timeout, "connects that hit --connect-timeout (each try counts)")             \

@@ -46,7 +46,7 @@ std::string_view NameStatusName(NameStatus status) {
 }
 
 bool IsValidId(std::string_view id) {
-  if (id.empty() || id.size() > kMaxLabel) return false;
+  if (id.empty() || id.size() > kMaxLabel || id.front() == '-' || id.back() == '-') return false;
   for (char c : id) {
     if (c == '.' || !IsHostChar(c)) return false;
   }
@@ -69,6 +69,7 @@ NameResult ParseHostName(std::string_view raw, const std::vector<std::string>& b
     return out;
   }
   std::string_view label(name.data(), dot);
+  if (label.size() > kMaxLabel) return out;  // RFC 1035 2.3.4, whatever the id inside it
   std::string_view domain = std::string_view(name).substr(dot + 1);
   size_t index = base_domains.size();
   for (size_t i = 0; i < base_domains.size(); ++i) {

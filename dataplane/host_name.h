@@ -43,7 +43,8 @@ NameResult ParseHostName(std::string_view name, const std::vector<std::string>& 
 // Lowercases and validates a base domain given by an operator; strips one trailing dot.
 absl::StatusOr<std::string> NormalizeBaseDomain(std::string_view domain);
 
-// True for a valid app or instance id: 1-63 of [a-z0-9-].
+// True for a valid app or instance id, a DNS label: 1-63 of [a-z0-9-], starting
+// and ending with a letter or digit.
 bool IsValidId(std::string_view id);
 
 }  // namespace cvmgate

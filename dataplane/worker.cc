@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "absl/hash/hash.h"
+#include "dataplane/addresses.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
 #include "dataplane/ktls_rx.h"
@@ -39,21 +40,6 @@ int64_t NowMs() {
 }
 
 int64_t ToMs(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
-
-std::string SockaddrText(const sockaddr_storage& ss) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  uint16_t port = 0;
-  if (ss.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-    port = ntohs(a->sin_port);
-    return absl::StrCat(host, ":", port);
-  }
-  auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
-  inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-  port = ntohs(a->sin6_port);
-  return absl::StrCat("[", host, "]:", port);
-}
 
 Counter HelloCounter(HelloStatus s) {
   switch (s) {
@@ -122,6 +108,22 @@ absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
   if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
 
   for (ListenAddress& la : addresses) {
+    // SO_REUSEPORT would let this process join another's listener group and
+    // take a share of its connections: the first worker makes sure that no
+    // listener is there before the group is made.
+    if (index_ == 0 && SockaddrPort(la.addr) != 0) {
+      int probe = socket(la.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      if (la.addr.ss_family == AF_INET6) setsockopt(probe, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+      int rc = bind(probe, reinterpret_cast<sockaddr*>(&la.addr), la.addr_len);
+      int err = errno;
+      close(probe);
+      if (rc != 0 && err == EADDRINUSE) {
+        return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text,
+                                                   ": another process listens there (a second cvmgate?)"));
+      }
+    }
     int fd = socket(la.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return absl::InternalError(absl::StrCat("socket for ", la.text, ": ", std::strerror(errno)));
     listeners_.push_back(fd);
@@ -140,6 +142,7 @@ absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
     socklen_t len = sizeof(la.addr);
     getsockname(fd, reinterpret_cast<sockaddr*>(&la.addr), &len);
     la.text = SockaddrText(la.addr);
+    listen_addrs_.push_back(la.addr);
   }
   accept_armed_.assign(listeners_.size(), false);
   return absl::OkStatus();
@@ -428,8 +431,8 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
   }
   // No handshake for a name that cannot be routed now: refuse it as passthrough would.
   RouteSnapshot::Lookup found = snap_->Find(c.id);
-  if (found.healthy.empty()) {
-    Abort(c, found.known ? Counter::closed_no_healthy_instance : Counter::closed_unknown_app);
+  if (std::optional<Counter> refusal = Unroutable(found, c.port)) {
+    Abort(c, *refusal);
     return;
   }
   if (!TakeAppSlot(c, found)) {
@@ -566,13 +569,36 @@ bool Worker::TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found) {
   return true;
 }
 
+bool Worker::Usable(const Instance& inst, uint16_t port) const {
+  if (!inst.Serves(port)) return false;
+  sockaddr_storage target = inst.addr;
+  if (target.ss_family == AF_INET) {
+    reinterpret_cast<sockaddr_in*>(&target)->sin_port = htons(port);
+  } else {
+    reinterpret_cast<sockaddr_in6*>(&target)->sin6_port = htons(port);
+  }
+  return !IsOwnListener(target, inst.local, listen_addrs_);
+}
+
+std::optional<Counter> Worker::Unroutable(const RouteSnapshot::Lookup& found, uint16_t port) const {
+  if (found.healthy.empty()) return found.known ? Counter::closed_no_healthy_instance : Counter::closed_unknown_app;
+  if (!found.restricted) return std::nullopt;
+  bool served = false;
+  for (uint32_t i : found.healthy) {
+    const Instance& inst = snap_->instances()[i];
+    if (Usable(inst, port)) return std::nullopt;
+    served = served || inst.Serves(port);
+  }
+  return served ? Counter::closed_own_listener : Counter::closed_port_not_served;
+}
+
 void Worker::StartConnect(Conn& c) {
   RouteSnapshot::Lookup found = snap_->Find(c.id);
-  std::span<const uint32_t> candidates = found.healthy;
-  if (candidates.empty()) {
-    Counter reason = !found.known ? Counter::closed_unknown_app : Counter::closed_no_healthy_instance;
-    Abort(c, c.tries == 0 ? reason : Counter::closed_connect_failed);
-    return;
+  if (c.tries == 0) {
+    if (std::optional<Counter> refusal = Unroutable(found, c.port)) {
+      Abort(c, *refusal);
+      return;
+    }
   }
   if (!TakeAppSlot(c, found)) {
     Abort(c, Counter::closed_app_limit);
@@ -580,17 +606,20 @@ void Worker::StartConnect(Conn& c) {
   }
   c.proxy_protocol = found.proxy_protocol;
   // Instances already tried are remembered by id hash: indexes do not survive a reload.
-  uint32_t excluded[16];
-  size_t n_excluded = 0;
-  if (c.tries > 0) {
-    for (uint32_t cand : candidates) {
-      uint64_t h = absl::Hash<std::string_view>{}(snap_->instances()[cand].id);
-      for (uint8_t t = 0; t < c.tries && n_excluded < 16; ++t) {
-        if (c.tried[t] == h) excluded[n_excluded++] = cand;
-      }
-    }
-  }
-  int64_t pick = PickInstance(candidates, std::span<const uint32_t>(excluded, n_excluded), rng_);
+  const bool restricted = found.restricted;
+  int64_t pick = PickInstance(
+      found.healthy,
+      [&](uint32_t i) {
+        const Instance& inst = snap_->instances()[i];
+        if (restricted && !Usable(inst, c.port)) return false;
+        if (c.tries == 0) return true;
+        uint64_t h = absl::Hash<std::string_view>{}(inst.id);
+        for (uint8_t t = 0; t < c.tries; ++t) {
+          if (c.tried[t] == h) return false;
+        }
+        return true;
+      },
+      rng_);
   if (pick < 0) {
     Abort(c, Counter::closed_connect_failed);
     return;

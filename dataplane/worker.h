@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <queue>
 #include <string>
 #include <vector>
@@ -143,6 +144,10 @@ class Worker {
   // A non-data record stopped a read on a kTLS RX socket: true when it was the
   // client's close_notify (the direction ends); otherwise the relay is closed.
   bool OnControlRecord(Conn& c);
+  // Whether a connection to `port` may go to `inst`: it serves the port and is not this gateway's own listener.
+  bool Usable(const Instance& inst, uint16_t port) const;
+  // Why no candidate of `found` can take a connection to `port`; nullopt when one can.
+  std::optional<Counter> Unroutable(const RouteSnapshot::Lookup& found, uint16_t port) const;
   // Counts the connection against its app's limit once; false when the app is full.
   bool TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found);
   void StartConnect(Conn& c);
@@ -172,6 +177,7 @@ class Worker {
   io_uring ring_{};
   bool ring_ready_ = false;
   std::vector<int> listeners_;
+  std::vector<sockaddr_storage> listen_addrs_;  // what listeners_ are bound to: never a connect target
   std::vector<bool> accept_armed_;
   bool accept_paused_ = false;  // EMFILE: re-armed by the timer tick
   int64_t accept_retry_ms_ = 0;

@@ -247,6 +247,12 @@ int Main(int argc, char** argv) {
     }
     token = *t;
   }
+  // Before anything is bound or replaced: one state file, one daemon.
+  auto state_lock = LockBeside(config.state_file);
+  if (!state_lock.ok()) {
+    Log(state_lock.status().message());
+    return 1;
+  }
   Registry registry(*std::move(ip_pool), config.state_file);
   if (auto s = registry.Load(); !s.ok()) {
     Log(s.message());
@@ -274,13 +280,23 @@ int Main(int argc, char** argv) {
   uint32_t per_worker = (max_conns + workers - 1) / workers;
   auto empty = RouteSnapshot::Build({});
   SnapshotDomain domain(workers, *std::move(empty));
+  // Listeners are bound first: the control plane must know them, so that no
+  // instance ever routes a connection back into the gateway.
   Workers pool;
+  for (int i = 0; i < workers; ++i) {
+    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
+    if (auto s = pool.back()->Init(config.listen); !s.ok()) {
+      Log(s.message());
+      return 1;
+    }
+  }
   ReloadCounters reloads;
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,
                          config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation,
-                         config.proxy_protocol};
+                         config.proxy_protocol, {}};
+  for (const ListenAddress& l : config.listen) options.listeners.push_back(l.addr);
   ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
   if (auto s = control.LoadCertificates(); !s.ok()) {
     Log(s.message());
@@ -295,13 +311,6 @@ int Main(int argc, char** argv) {
   if (!admin.ok()) {
     Log(admin.status().message());
     return 1;
-  }
-  for (int i = 0; i < workers; ++i) {
-    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
-    if (auto s = pool.back()->Init(config.listen); !s.ok()) {
-      Log(s.message());
-      return 1;
-    }
   }
   std::vector<std::thread> threads;
   for (auto& w : pool) threads.emplace_back([&w] { w->Run(); });

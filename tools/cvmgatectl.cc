@@ -32,10 +32,12 @@ struct Verb {
 };
 
 const std::vector<Verb> kVerbs = {
-    {"register", "register --app APP --instance ID (--public-key KEY | --address IP)",
+    {"register", "register --app APP --instance ID (--public-key KEY | --address IP --ports LIST)",
      "register a CVM (its WireGuard public key; it gets a /32 and the gateway's peer details) or a static\n"
-     "instance (a fixed address, no WireGuard, always healthy). Repeating a registration is harmless;\n"
-     "a new key for an instance replaces its peer and keeps its address."},
+     "instance (a fixed address, no WireGuard, always healthy) with the ports it serves, e.g. 8080,8443\n"
+     "or 9000-9100: names with other ports are refused. App and instance ids share one namespace.\n"
+     "Repeating a registration is harmless; a new key for an instance replaces its peer and keeps its\n"
+     "address."},
     {"deregister", "deregister --instance ID", "remove an instance, its WireGuard peer and its address"},
     {"list", "list", "every instance with its address, last WireGuard handshake and health"},
     {"apps", "apps", "every app with its connections and settings (overrides marked with *)"},
@@ -147,10 +149,10 @@ std::string Age(const json& inst) {
 
 void PrintHuman(const std::string& verb, const json& j) {
   if (verb == "list") {
-    std::vector<std::vector<std::string>> rows = {{"APP", "INSTANCE", "IP", "HANDSHAKE", "HEALTH"}};
+    std::vector<std::vector<std::string>> rows = {{"APP", "INSTANCE", "IP", "PORTS", "HANDSHAKE", "HEALTH"}};
     for (const json& i : j["instances"]) {
-      rows.push_back({Str(i, "app"), Str(i, "instance"), Str(i, "ip"), Age(i),
-                      i.value("healthy", false) ? "healthy" : "unhealthy"});
+      rows.push_back({Str(i, "app"), Str(i, "instance"), Str(i, "ip"), i.contains("ports") ? Str(i, "ports") : "all",
+                      Age(i), i.value("healthy", false) ? "healthy" : "unhealthy"});
     }
     PrintTable(rows);
     std::printf("%zu instances; healthy = handshake within %s s; WireGuard: %s\n", j["instances"].size(),
@@ -186,8 +188,9 @@ void PrintHuman(const std::string& verb, const json& j) {
     }
     std::printf("verdict: %s\n", Str(j, "verdict").c_str());
   } else if (verb == "register") {
-    std::printf("%s instance %s of app %s at %s\n", j.value("changed", false) ? "registered" : "already registered:",
-                Str(j, "instance").c_str(), Str(j, "app").c_str(), Str(j, "ip").c_str());
+    std::printf("%s instance %s of app %s at %s%s\n", j.value("changed", false) ? "registered" : "already registered:",
+                Str(j, "instance").c_str(), Str(j, "app").c_str(), Str(j, "ip").c_str(),
+                j.contains("ports") ? absl::StrCat(", ports ", Str(j, "ports")).c_str() : "");
     if (!j.value("static", false)) {
       std::printf("gateway public key: %s\ngateway endpoint:   %s\ngateway tunnel ip:  %s\n",
                   Str(j, "gateway_public_key").c_str(), Str(j, "gateway_endpoint").c_str(),
@@ -287,15 +290,19 @@ int Main(int argc, char** argv) {
   json body;
   std::vector<std::string> allowed;
   if (verb == "register") {
-    allowed = {"app", "instance", "public-key", "address"};
+    allowed = {"app", "instance", "public-key", "address", "ports"};
     if (!opts.contains("app") || !opts.contains("instance") || opts.contains("public-key") == opts.contains("address")) {
       return usage_error("give --app, --instance and one of --public-key or --address");
+    }
+    if (opts.contains("address") && !opts.contains("ports")) {
+      return usage_error("a static instance (--address) names the ports it serves: give --ports, e.g. 8080,8443");
     }
     method = "POST";
     target = "/v1/register";
     body = {{"app", opts["app"]}, {"instance", opts["instance"]}};
     if (opts.contains("public-key")) body["public_key"] = opts["public-key"];
     if (opts.contains("address")) body["address"] = opts["address"];
+    if (opts.contains("ports")) body["ports"] = opts["ports"];
   } else if (verb == "deregister") {
     allowed = {"instance"};
     if (!opts.contains("instance")) return usage_error("give --instance");
@@ -354,7 +361,9 @@ int Main(int argc, char** argv) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) return usage_error("unknown option --" + k);
   }
   if (!positional.empty()) return usage_error("unexpected argument '" + positional[0] + "'");
-  auto reply = Call(*admin, token, method, target, body.is_null() ? "" : body.dump());
+  // Arguments that are not UTF-8 travel as U+FFFD: the daemon then names what it refuses.
+  auto reply = Call(*admin, token, method, target,
+                    body.is_null() ? "" : body.dump(-1, ' ', false, json::error_handler_t::replace));
   if (!reply.ok()) {
     std::fprintf(stderr, "cvmgatectl: %s\n", std::string(reply.status().message()).c_str());
     return 1;

@@ -613,10 +613,15 @@ def raw_connect(addr, timeout=10.0):
 # ---------------------------------------------------------------- gateway
 
 
+# Static instances name the ports they serve; the test backends listen on ports the kernel picks,
+# and no gateway under test listens on these addresses.
+TEST_PORTS = "1024-65535"
+
+
 def default_state(address_by_instance=None):
     instances = address_by_instance or {"app-i1": "127.0.0.2", "app-i2": "127.0.0.3"}
     return {"version": 1, "apps": {"app": {"instances": [
-        {"id": i, "address": a} for i, a in instances.items()]}}}
+        {"id": i, "address": a, "ports": TEST_PORTS} for i, a in instances.items()]}}}
 
 
 class Gateway:

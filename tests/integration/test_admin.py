@@ -29,25 +29,25 @@ def empty_gateway(make_gateway):
 def test_register_static_instance_then_route_to_it(ctl_bin, empty_gateway, backends):
     gw = empty_gateway
     expect_closed(gw, "closed_unknown_app", sni=sni_name("app", backends.port))
-    out = ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2")
-    assert "registered instance app-i1 of app app at 127.0.0.2" in out, out
+    out = ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", peers.TEST_PORTS)
+    assert "registered instance app-i1 of app app at 127.0.0.2, ports 1024-65535" in out, out
     c, inst = open_relay(gw, backends)
     payload = os.urandom(64 << 10)
     assert_echo(c.exchange(payload), payload)
     c.close()
     assert inst == "app-i1"
-    again = ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2")
+    again = ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", peers.TEST_PORTS)
     assert "already registered" in again, again
 
 
 def test_list_explain_and_json(ctl_bin, empty_gateway, backends):
     gw = empty_gateway
-    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2")
-    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i2", "--address", "127.0.0.3")
+    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", peers.TEST_PORTS)
+    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i2", "--address", "127.0.0.3", "--ports", peers.TEST_PORTS)
     table = ctl(ctl_bin, gw, "list")
     lines = table.splitlines()
-    assert lines[0].split() == ["APP", "INSTANCE", "IP", "HANDSHAKE", "HEALTH"], table
-    assert lines[1].split() == ["app", "app-i1", "127.0.0.2", "static", "healthy"], table
+    assert lines[0].split() == ["APP", "INSTANCE", "IP", "PORTS", "HANDSHAKE", "HEALTH"], table
+    assert lines[1].split() == ["app", "app-i1", "127.0.0.2", "1024-65535", "static", "healthy"], table
     listed = json.loads(ctl(ctl_bin, gw, "--json", "list"))
     assert [i["instance"] for i in listed["instances"]] == ["app-i1", "app-i2"]
     explained = ctl(ctl_bin, gw, "explain", sni_name("app", backends.port))
@@ -62,7 +62,7 @@ def test_list_explain_and_json(ctl_bin, empty_gateway, backends):
 
 def test_deregister_stops_routing(ctl_bin, empty_gateway, backends):
     gw = empty_gateway
-    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2")
+    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", peers.TEST_PORTS)
     live, _ = open_relay(gw, backends)
     out = ctl(ctl_bin, gw, "deregister", "--instance", "app-i1")
     assert "deregistered instance app-i1 of app app" in out, out
@@ -75,16 +75,25 @@ def test_deregister_stops_routing(ctl_bin, empty_gateway, backends):
 
 def test_bad_input_gets_a_clear_error_and_changes_nothing(ctl_bin, empty_gateway):
     gw = empty_gateway
-    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2")
+    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", peers.TEST_PORTS)
     before = open(gw.state_path).read()
     cases = [
-        (["register", "--app", "app", "--instance", "x", "--address", "not-an-ip"], 1, "not an IPv4 or IPv6"),
+        (["register", "--app", "app", "--instance", "x", "--address", "not-an-ip", "--ports", "80"], 1,
+         "not an IPv4 or IPv6"),
         (["register", "--app", "app", "--instance", "x", "--public-key", "short"], 1, None),
-        (["register", "--app", "Bad_App", "--instance", "x", "--address", "127.0.0.9"], 1, "app id"),
-        (["register", "--app", "other", "--instance", "app-i1", "--address", "127.0.0.2"], 1, "belongs to app"),
-        (["register", "--app", "app", "--instance", "y", "--address", "127.0.0.2"], 1, "already used"),
+        (["register", "--app", "Bad_App", "--instance", "x", "--address", "127.0.0.9", "--ports", "80"], 1, "app id"),
+        (["register", "--app", "other", "--instance", "app-i1", "--address", "127.0.0.2", "--ports", "80"], 1,
+         "belongs to app"),
+        (["register", "--app", "evil", "--instance", "app", "--address", "127.0.0.2", "--ports", "80"], 1,
+         "instance id 'app' is an app's id"),
+        (["register", "--app", "app", "--instance", "y", "--address", "10.0.0.1", "--ports", "80"], 1,
+         "the gateway's own address"),
+        (["register", "--app", "app", "--instance", "y", "--address", "0.0.0.0", "--ports", "80"], 1, "unspecified"),
+        (["register", "--app", "app", "--instance", "y", "--address", "127.0.0.2", "--ports", "80-"], 1, "not a port"),
+        (["register", "--app", "app", "--instance", "y", "--address", "127.0.0.2"], 2, "give --ports"),
         (["register", "--app", "app"], 2, "give --app, --instance"),
-        (["register", "--app", "a", "--instance", "b", "--address", "1.2.3.4", "--bogus", "1"], 2, "unknown option"),
+        (["register", "--app", "a", "--instance", "b", "--address", "1.2.3.4", "--ports", "1", "--bogus", "1"], 2,
+         "unknown option"),
         (["frobnicate"], 2, "unknown verb"),
         (["explain"], 2, "exactly one host name"),
     ]
@@ -101,7 +110,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(ctl_bin, empty_gateway
 
 def test_registrations_survive_kill_9(ctl_bin, make_gateway, backends):
     gw = make_gateway(state={"version": 1})
-    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i2", "--address", "127.0.0.3")
+    ctl(ctl_bin, gw, "register", "--app", "app", "--instance", "app-i2", "--address", "127.0.0.3", "--ports", peers.TEST_PORTS)
     gw.proc.send_signal(signal.SIGKILL)
     gw.proc.wait(10)
     again = peers.Gateway(gw.binary, gw.workdir, listen=gw.listen, state=None)

@@ -62,7 +62,7 @@ def test_connections_over_max_connections_are_refused(make_gateway, backends):
 def test_failed_connect_moves_on_to_another_instance(make_gateway, backends):
     state = peers.default_state()
     # Nothing listens on 127.0.0.4: every pick of it fails fast and must be retried elsewhere.
-    state["apps"]["app"]["instances"].append({"id": "app-dead", "address": "127.0.0.4"})
+    state["apps"]["app"]["instances"].append({"id": "app-dead", "address": "127.0.0.4", "ports": peers.TEST_PORTS})
     gw = make_gateway(state=state)
     for _ in range(30):
         c, inst = open_relay(gw, backends)
@@ -117,7 +117,7 @@ def test_refused_and_finished_connections_leave_no_descriptor_behind(make_gatewa
 
 def test_per_app_connection_limit(make_gateway, backends):
     state = peers.default_state()
-    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2"}]}
+    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2", "ports": peers.TEST_PORTS}]}
     gw = make_gateway(state=state, args=["--app-max-connections", "2"])
     held = [open_relay(gw, backends)[0] for _ in range(2)]
     expect_closed(gw, "closed_app_limit", sni=sni_name("app", backends.port))
@@ -134,7 +134,7 @@ def test_per_app_connection_limit(make_gateway, backends):
 
 def test_per_app_connection_limit_override(ctl_bin, make_gateway, backends):
     state = peers.default_state()
-    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2"}]}
+    state["apps"]["other"] = {"instances": [{"id": "other-i1", "address": "127.0.0.2", "ports": peers.TEST_PORTS}]}
     gw = make_gateway(state=state)
     out = ctl(ctl_bin, gw, "app-set", "app", "--max-connections", "1")
     assert out.strip() == "app app: max connections 1, proxy protocol off", out

@@ -320,7 +320,7 @@ def test_peer_closing_mid_hello_counted(gateway, backends):
 
 def test_connect_failure_closes_client(make_gateway, backends):
     state = peers.default_state()
-    state["apps"]["dead"] = {"instances": [{"id": "dead-i1", "address": "127.0.0.4"}]}
+    state["apps"]["dead"] = {"instances": [{"id": "dead-i1", "address": "127.0.0.4", "ports": peers.TEST_PORTS}]}
     gw = make_gateway(state=state, args=["--connect-timeout", "2s"])
     before = gw.counters()
     c = connect_client(gw, backends, ident="dead")
@@ -337,7 +337,7 @@ def test_connect_failure_closes_client(make_gateway, backends):
 def test_reload_keeps_live_connection(gateway, backends):
     live, _ = open_relay(gateway, backends)
     gateway.write_state({"version": 1, "apps": {"other": {"instances": [
-        {"id": "other-i1", "address": "127.0.0.2"}]}}})
+        {"id": "other-i1", "address": "127.0.0.2", "ports": peers.TEST_PORTS}]}}})
     ok, line = gateway.reload()
     assert ok, line
     assert gateway.counters()["reload_ok"] >= 1

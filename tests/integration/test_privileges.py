@@ -61,7 +61,7 @@ def test_runs_as_nobody_with_two_capabilities(cvmgate_bin):
     work = Path(tempfile.mkdtemp(prefix="cvmgate-priv-"))
     backend_port = 8443
     (work / "state.json").write_text(json.dumps(
-        {"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": "127.0.0.1"}]}}}))
+        {"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": "127.0.0.1", "ports": str(backend_port)}]}}}))
     for p in (work, work / "state.json"):
         os.chown(p, NOBODY, NOBODY)
     sh("ip", "netns", "add", ns)

@@ -91,7 +91,7 @@ def terminated_line(gw, backend):
 
 
 def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--proxy-protocol"])
     line, me = passthrough_line(gw, backend)
     assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
@@ -99,23 +99,23 @@ def test_passthrough_instance_sees_the_client_address(make_gateway, backend):
 
 def test_terminated_instance_sees_the_client_address(make_gateway, backend, certs):  # noqa: F811
     crt, key = certs["example.test"]
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--proxy-protocol", "--tls-cert", "example.test=%s,%s" % (crt, key)])
     line, me = terminated_line(gw, backend)
     assert line == "src=%s:%d dst=%s:%d" % (me[0], me[1], gw.addr[0], gw.addr[1]), line
 
 
 def test_without_the_flag_no_header_is_sent(make_gateway, backend):
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}})
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}})
     line, _ = passthrough_line(gw, backend)
     assert line == "no proxy header", line
 
 
 def test_an_app_overrides_the_flag_both_ways(ctl_bin, make_gateway, backend):
     state = {"version": 1, "apps": {
-        "wants": {"instances": [{"id": "w1", "address": BACKEND_IP}]},
-        "plain": {"instances": [{"id": "p1", "address": BACKEND_IP}]},
-        "legacy": {"proxy_protocol": False, "instances": [{"id": "l1", "address": BACKEND_IP}]}}}
+        "wants": {"instances": [{"id": "w1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]},
+        "plain": {"instances": [{"id": "p1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]},
+        "legacy": {"proxy_protocol": False, "instances": [{"id": "l1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}}
     gw = make_gateway(state=state, args=["--proxy-protocol"])
     assert passthrough_line(gw, backend, "wants")[0].startswith("src=")
     assert passthrough_line(gw, backend, "legacy")[0] == "no proxy header", "the state file's override is read"
@@ -132,7 +132,7 @@ def test_an_app_overrides_the_flag_both_ways(ctl_bin, make_gateway, backend):
 
 def test_an_app_turns_the_header_on_without_the_flag(ctl_bin, make_gateway, backend, certs):  # noqa: F811
     crt, key = certs["example.test"]
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--tls-cert", "example.test=%s,%s" % (crt, key)])
     ctl(ctl_bin, gw, "app-set", "app", "--proxy-protocol", "on")
     line, me = terminated_line(gw, backend)

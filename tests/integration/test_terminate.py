@@ -55,7 +55,7 @@ def echo_port():
 def tgw(make_gateway, certs):
     crt, key = certs["example.test"]
     return make_gateway(base_domains=("example.test", "nocert.test"),
-                        state={"version": 1, "apps": {"app": {"instances": [{"id": "app-i1", "address": BACKEND_IP}]}}},
+                        state={"version": 1, "apps": {"app": {"instances": [{"id": "app-i1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                         args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--handshake-timeout", "1s"])
 
 
@@ -243,7 +243,7 @@ def test_certificate_reload_keeps_live_connections_and_refuses_a_bad_one(make_ga
     second_crt, second_key = _make_cert(tmp_path, "second")
     shutil.copy(first_crt, live_crt)
     shutil.copy(first_key, live_key)
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--tls-cert", "example.test=%s,%s" % (live_crt, live_key)])
     assert _served_org(gw, echo_port) == "first"
     live = TlsClient(gw.addr, "app-%d.example.test" % echo_port)
@@ -296,7 +296,7 @@ def test_session_resumption_with_tickets(tgw, certs, echo_port, version):
 
 def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, echo_port, ctl_bin):
     crt, key = certs["example.test"]
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--health-poll", "100ms",
                             "--ticket-key-rotation", "300ms"])
     admin = "unix:" + os.path.join(gw.workdir, "admin.sock")
@@ -323,7 +323,7 @@ def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, e
 
 def test_tls_min_version_13_refuses_a_tls12_client(make_gateway, certs, echo_port):
     crt, key = certs["example.test"]
-    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP}]}}},
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
                       args=["--tls-cert", "example.test=%s,%s" % (crt, key), "--tls-min-version", "1.3"])
     name = "app-%d.example.test" % echo_port
     old = tls_context(certs, maximum_version=ssl.TLSVersion.TLSv1_2)

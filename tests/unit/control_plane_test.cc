@@ -54,14 +54,25 @@ class FakeWireGuard : public WireGuard {
   int sets = 0;
 };
 
+ControlOptions Options() {
+  ControlOptions o;
+  o.base_domains = {"example.test"};
+  o.gateway_endpoint = "gw.example.test:51820";
+  sockaddr_storage any{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&any);
+  v4->sin_family = AF_INET;
+  v4->sin_port = htons(443);  // listening on 0.0.0.0:443
+  o.listeners = {any};
+  return o;
+}
+
 class ControlPlaneTest : public ::testing::Test {
  protected:
   ControlPlaneTest()
       : dir_(std::filesystem::temp_directory_path() / ("cvmgate-cp-" + std::to_string(getpid()))),
         registry_(*IpPool::Create("10.0.0.0/8", "10.0.0.1"), (dir_ / "state.json").string()),
         domain_(1, *RouteSnapshot::Build({})),
-        control_({absl::Minutes(5), {"example.test"}, {}, {}, "gw.example.test:51820", false}, registry_, domain_, &wg_,
-                 clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
+        control_(Options(), registry_, domain_, &wg_, clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
     std::filesystem::create_directories(dir_);
   }
   ~ControlPlaneTest() override { std::filesystem::remove_all(dir_); }
@@ -168,7 +179,7 @@ TEST_F(ControlPlaneTest, BadRequestsGetClearErrors) {
 
 TEST_F(ControlPlaneTest, ListAndExplain) {
   Register("app", "app-1", kKey1);
-  Call("POST", "/v1/register", {{"app", "app"}, {"instance", "local"}, {"address", "127.0.0.2"}});
+  Call("POST", "/v1/register", {{"app", "app"}, {"instance", "local"}, {"address", "127.0.0.2"}, {"ports", "80,8443"}});
   Handshake(kKey1, absl::Seconds(30));
   ASSERT_TRUE(control_.Poll().ok());
   json list = Call("GET", "/v1/list");
@@ -178,6 +189,7 @@ TEST_F(ControlPlaneTest, ListAndExplain) {
   EXPECT_EQ(list["instances"][0]["healthy"], true);
   EXPECT_EQ(list["instances"][1]["static"], true);
   EXPECT_EQ(list["instances"][1]["healthy"], true);
+  EXPECT_EQ(list["instances"][1]["ports"], "80,8443");
 
   json e = Call("GET", "/v1/explain", nullptr, {{"host", "app-8443s.example.test"}});
   EXPECT_EQ(e["mode"], "passthrough");
@@ -195,6 +207,89 @@ TEST_F(ControlPlaneTest, ListAndExplain) {
   EXPECT_NE(Call("GET", "/v1/explain", nullptr, {{"host", "nope-1s.example.test"}})["verdict"].get<std::string>().find(
                 "no app or instance"),
             std::string::npos);
+}
+
+TEST_F(ControlPlaneTest, StaticInstancesServeTheirPortsAndNeverTheGatewayItself) {
+  auto error = [&](const json& body, int want) { return Call("POST", "/v1/register", body, {}, want)["error"]; };
+  EXPECT_NE(error({{"app", "web"}, {"instance", "w1"}, {"address", "127.0.0.2"}}, 400).get<std::string>().find(
+                "names the ports it serves"),
+            std::string::npos);
+  EXPECT_NE(error({{"app", "web"}, {"instance", "w1"}, {"address", "127.0.0.2"}, {"ports", 8080}}, 400)
+                .get<std::string>()
+                .find("'ports' must be a string"),
+            std::string::npos);
+  EXPECT_NE(error({{"app", "web"}, {"instance", "w1"}, {"public_key", kKey1}, {"ports", "80"}}, 400)
+                .get<std::string>()
+                .find("a CVM serves every port"),
+            std::string::npos);
+  // The gateway listens on 0.0.0.0:443: 127.0.0.2:443 would be itself.
+  EXPECT_EQ(error({{"app", "web"}, {"instance", "w1"}, {"address", "127.0.0.2"}, {"ports", "400-500"}}, 409),
+            "127.0.0.2:443 is this gateway's own listener: a static instance there would make the gateway connect to "
+            "itself (serve other ports, or use another address)");
+  EXPECT_TRUE(registry_.instances().empty());
+  Call("POST", "/v1/register", {{"app", "web"}, {"instance", "w1"}, {"address", "::ffff:127.0.0.2"}, {"ports", "8080"}});
+  Call("POST", "/v1/register", {{"app", "web"}, {"instance", "w2"}, {"address", "127.0.0.2"}, {"ports", "8081"}});
+  EXPECT_EQ(registry_.instances().at("w1").address, "127.0.0.2");
+  json e = Call("GET", "/v1/explain", nullptr, {{"host", "web-2222s.example.test"}});
+  EXPECT_EQ(e["verdict"], "refused: no healthy instance serves port 2222 (static instances name theirs)");
+  EXPECT_EQ(e["routable"], false);
+  e = Call("GET", "/v1/explain", nullptr, {{"host", "web-8081s.example.test"}});
+  EXPECT_EQ(e["routable"], true);
+  EXPECT_NE(e["verdict"].get<std::string>().find("one of 1 healthy instances serving port 8081"), std::string::npos);
+  const RouteSnapshot* snap = domain_.current();
+  const Instance& w1 = snap->instances()[snap->Find("w1").healthy[0]];
+  EXPECT_TRUE(w1.local) << "127.0.0.0/8 is this host's";
+  EXPECT_TRUE(w1.Serves(8080));
+  EXPECT_FALSE(w1.Serves(2222));
+  EXPECT_TRUE(snap->Find("web").restricted);
+}
+
+TEST_F(ControlPlaneTest, NoAppTakesOverAnotherAppsNames) {
+  Register("victim", "victim-1", kKey1);
+  EXPECT_NE(Register("evil", "victim", kKey2, 409)["error"].get<std::string>().find("is an app's id"),
+            std::string::npos);
+  EXPECT_NE(Call("POST", "/v1/register",
+                 {{"app", "victim-1"}, {"instance", "x"}, {"address", "192.0.2.7"}, {"ports", "443"}}, {}, 409)["error"]
+                .get<std::string>()
+                .find("is the id of an instance of app 'victim'"),
+            std::string::npos);
+  EXPECT_EQ(domain_.current()->instances().size(), 1u);
+}
+
+// Whatever bytes a request carries, the answer is JSON and a 4xx, never an exception.
+TEST_F(ControlPlaneTest, BytesThatAreNotUtf8GetA400) {
+  auto handle = [&](const std::string& raw) -> std::string {
+    HttpRequest r;
+    auto used = ParseHttpRequest(raw, 65536, r);
+    if (!used.ok()) return std::string(used.status().message());
+    HttpResponse resp = control_.Handle(r);
+    EXPECT_TRUE(json::accept(resp.body)) << resp.body;
+    return resp.status == 200 ? "200" : "not 200";
+  };
+  EXPECT_EQ(handle("GET /%ff HTTP/1.1\r\n\r\n"), "the request target is not UTF-8 once percent-decoded");
+  EXPECT_EQ(handle("GET /v1/explain?host=caf%E9-443s.example.test HTTP/1.1\r\n\r\n"),
+            "the request target is not UTF-8 once percent-decoded");
+  EXPECT_EQ(handle("GET /v1/explain?host=a%C0%AF HTTP/1.1\r\n\r\n"),
+            "the request target is not UTF-8 once percent-decoded")
+      << "an overlong '/'";
+  EXPECT_EQ(handle("GET /v1/explain?host=caf%C3%A9-443s.example.test HTTP/1.1\r\n\r\n"), "200")
+      << "UTF-8 is fine: the name is refused by the grammar";
+  std::string body = std::string("{\"app\": \"a\xe9\", \"instance\": \"b\", \"public_key\": \"") + kKey1 + "\"}";
+  HttpRequest r;
+  ASSERT_TRUE(ParseHttpRequest(absl::StrCat("POST /v1/register HTTP/1.1\r\nContent-Length: ", body.size(),
+                                            "\r\n\r\n", body),
+                               65536, r)
+                  .ok());
+  HttpResponse resp = control_.Handle(r);
+  EXPECT_EQ(resp.status, 400) << resp.body;
+  // Even a handler given bytes the parser would have refused answers without throwing.
+  HttpRequest raw;
+  raw.method = "GET";
+  raw.path = "/\xff\xfe";
+  EXPECT_EQ(control_.Handle(raw).status, 404);
+  raw.path = "/v1/explain";
+  raw.query["host"] = "\xe9.example.test";
+  EXPECT_EQ(control_.Handle(raw).status, 200);
 }
 
 TEST_F(ControlPlaneTest, AppSettingsOverrideTheFlagsAndReachTheSnapshot) {
@@ -245,7 +340,8 @@ TEST_F(ControlPlaneTest, BadAppSettingsGetClearErrors) {
             "'max_connections' must be an integer in [1, 16777216] or null (--app-max-connections)");
   EXPECT_EQ(error({{"app", "a"}, {"max_conns", 5}}, 400),
             "unknown field 'max_conns' (have app, proxy_protocol, max_connections)");
-  EXPECT_EQ(error({{"app", "a b"}, {"max_connections", 5}}, 400), "app id 'a b' must be 1-63 of [a-z0-9-]");
+  EXPECT_EQ(error({{"app", "a b"}, {"max_connections", 5}}, 400),
+            "app id 'a b' must be a DNS label: 1-63 of [a-z0-9-], starting and ending with a letter or digit");
   Call("GET", "/v1/app-settings", nullptr, {}, 405);
   EXPECT_TRUE(registry_.all_app_settings().empty());
 }
@@ -262,6 +358,15 @@ TEST_F(ControlPlaneTest, MetricsHaveWorkerCountersAndControlGauges) {
   EXPECT_NE(m.body.find("# TYPE cvmgate_instances gauge\ncvmgate_instances 1\n"), std::string::npos) << m.body;
   EXPECT_NE(m.body.find("cvmgate_health_polls_total 1"), std::string::npos);
   EXPECT_NE(m.body.find("cvmgate_wireguard_peers 1"), std::string::npos);
+}
+
+TEST(AdminHttp, TokensAreComparedWhole) {
+  EXPECT_TRUE(TokenMatches("Bearer s3cret", "s3cret"));
+  EXPECT_FALSE(TokenMatches("Bearer s3cre", "s3cret"));
+  EXPECT_FALSE(TokenMatches("Bearer s3cret2", "s3cret"));
+  EXPECT_FALSE(TokenMatches("Bearer S3cret", "s3cret"));
+  EXPECT_FALSE(TokenMatches("s3cret", "s3cret"));
+  EXPECT_FALSE(TokenMatches("", "s3cret"));
 }
 
 TEST(AdminHttp, ParsesRequestsAndRefusesBadOnes) {

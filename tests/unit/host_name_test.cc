@@ -32,7 +32,7 @@ TEST(HostName, GoodNames) {
       {"a1b2c3d4e5f6-8080.example.test", "a1b2c3d4e5f6", 8080, Mode::kTerminate, 0},
       {"app-x9.example.test", "app-x9", 80, Mode::kTerminate, 0},  // "x9" is no suffix
       {"s.example.test", "s", 80, Mode::kTerminate, 0},
-      {"app--8080.example.test", "app-", 8080, Mode::kTerminate, 0},
+      {"a-b-c-8080.example.test", "a-b-c", 8080, Mode::kTerminate, 0},
   };
   for (const auto& c : cases) {
     NameResult r = ParseHostName(c.name, kBases);
@@ -69,12 +69,23 @@ TEST(HostName, BadNames) {
       {"app .example.test", NameStatus::kBadName},
       {"app.example.test..", NameStatus::kBadName},
       {std::string(64, 'a') + ".example.test", NameStatus::kBadName},
+      // An id is a DNS label: it starts and ends with a letter or digit.
+      {"app--8080.example.test", NameStatus::kBadName},
+      {"--443s.example.test", NameStatus::kBadName},
+      {"---443s.example.test", NameStatus::kBadName},
+      {"-.example.test", NameStatus::kBadName},
+      {"app-.example.test", NameStatus::kBadName},
+      // The first label is at most 63 octets, even when the id inside it is shorter.
+      {std::string(63, 'a') + "-443s.example.test", NameStatus::kBadName},
+      {std::string(58, 'a') + "-8080s.example.test", NameStatus::kBadName},
   };
   for (const auto& c : cases) {
     NameResult r = ParseHostName(c.name, kBases);
     EXPECT_EQ(r.status, c.want) << c.name << ": " << NameStatusName(r.status);
   }
   EXPECT_EQ(ParseHostName(std::string(63, 'a') + ".example.test", kBases).status, NameStatus::kOk);
+  EXPECT_EQ(ParseHostName(std::string(57, 'a') + "-8080s.example.test", kBases).status, NameStatus::kOk)
+      << "a 63-octet label";
 }
 
 TEST(HostName, NameWithEmbeddedNulIsRefused) {

@@ -119,9 +119,24 @@ TEST(Registry, BadInputIsRefusedAndChangesNothing) {
       {reg.Register("other", "a1", kKey2), "belongs to app 'app'"},
       {reg.Register("bad_app", "a2", kKey2), "app id 'bad_app'"},
       {reg.Register("app", std::string(64, 'x'), kKey2), "instance id"},
-      {reg.RegisterStatic("app", "a1", "127.0.0.1"), "registered with a WireGuard key"},
-      {reg.RegisterStatic("app", "s1", "nope"), "not an IPv4 or IPv6 address"},
-      {reg.RegisterStatic("app", "s1", "10.0.0.2"), "already used by instance 'a1'"},
+      {reg.RegisterStatic("app", "a1", "127.0.0.1", "80"), "registered with a WireGuard key"},
+      {reg.RegisterStatic("app", "s1", "nope", "80"), "not an IPv4 or IPv6 address"},
+      {reg.RegisterStatic("app", "s1", "10.0.0.2", "80"), "already used by instance 'a1'"},
+      {reg.RegisterStatic("app", "s1", "::ffff:10.0.0.2", "80"), "already used by instance 'a1'"},
+      {reg.RegisterStatic("app", "s1", "127.0.0.2", ""), "names the ports it serves"},
+      {reg.RegisterStatic("app", "s1", "127.0.0.2", "0"), "not a port"},
+      {reg.RegisterStatic("app", "s1", "127.0.0.2", "80,70000"), "not a port"},
+      {reg.RegisterStatic("app", "s1", "127.0.0.2", "90-80"), "ends before it starts"},
+      {reg.RegisterStatic("app", "s1", "0.0.0.0", "80"), "unspecified"},
+      {reg.RegisterStatic("app", "s1", "::", "80"), "unspecified"},
+      {reg.RegisterStatic("app", "s1", "224.0.0.1", "80"), "multicast"},
+      {reg.RegisterStatic("app", "s1", "ff02::1", "80"), "multicast"},
+      {reg.RegisterStatic("app", "s1", "255.255.255.255", "80"), "broadcast"},
+      {reg.RegisterStatic("app", "s1", "10.0.0.1", "80"), "the gateway's own address"},
+      {reg.Register("app", "-", kKey2), "must be a DNS label"},
+      {reg.Register("app", "--", kKey2), "must be a DNS label"},
+      {reg.Register("app", "a-", kKey2), "must be a DNS label"},
+      {reg.Register("-app", "a2", kKey2), "must be a DNS label"},
   };
   for (auto& c : cases) {
     ASSERT_FALSE(c.result.ok()) << c.message;
@@ -135,11 +150,13 @@ TEST(Registry, BadInputIsRefusedAndChangesNothing) {
 TEST(Registry, StaticInstancesAndDeregistration) {
   TempDir dir;
   Registry reg(Pool("10.0.0.0/29", "10.0.0.1"), dir.file("state.json"));
-  auto s = reg.RegisterStatic("web", "web-local", "127.0.0.2");
+  auto s = reg.RegisterStatic("web", "web-local", "127.0.0.2", "8443, 8080");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_TRUE(s->reg.is_static());
-  EXPECT_FALSE(reg.RegisterStatic("web", "web-local", "127.0.0.2")->changed);
-  auto inside = reg.RegisterStatic("web", "web-pool", "10.0.0.4");
+  EXPECT_EQ(s->reg.ports.ToString(), "8080,8443");
+  EXPECT_FALSE(reg.RegisterStatic("web", "web-local", "127.0.0.2", "8080,8443")->changed);
+  EXPECT_TRUE(reg.RegisterStatic("web", "web-local", "127.0.0.2", "8080")->changed) << "new ports are a change";
+  auto inside = reg.RegisterStatic("web", "web-pool", "10.0.0.4", "80");
   ASSERT_TRUE(inside.ok());
   EXPECT_EQ(reg.pool().used(), 1u) << "a static address inside the pool is reserved";
   auto cvm = reg.Register("web", "web-cvm", kKey1);
@@ -158,7 +175,7 @@ TEST(Registry, PersistsAcrossRestartsAndIgnoresAHalfWrittenTempFile) {
   {
     Registry reg(Pool(), path);
     ASSERT_TRUE(reg.Register("app", "a1", kKey1).ok());
-    ASSERT_TRUE(reg.RegisterStatic("app", "s1", "127.0.0.2").ok());
+    ASSERT_TRUE(reg.RegisterStatic("app", "s1", "127.0.0.2", "80,443").ok());
   }
   // A crash between writing the temp file and the rename leaves this behind.
   Write(path + ".tmp.4242", R"({"version": 1, "apps": {"app": {"instances": [{"id": "half)");
@@ -168,6 +185,7 @@ TEST(Registry, PersistsAcrossRestartsAndIgnoresAHalfWrittenTempFile) {
   EXPECT_EQ(again.instances().at("a1").address, "10.0.0.2");
   EXPECT_EQ(again.instances().at("a1").key->ToBase64(), kKey1);
   EXPECT_TRUE(again.instances().at("s1").is_static());
+  EXPECT_EQ(again.instances().at("s1").ports.ToString(), "80,443");
   EXPECT_EQ(again.Register("app", "a2", kKey2)->reg.address, "10.0.0.3") << "loaded addresses stay taken";
 }
 
@@ -197,15 +215,19 @@ TEST(Registry, BadStateFilesSayWhatIsWrongAndKeepTheOldState) {
       {R"({"version": 1, "apps": []})", "'apps' must be an object"},
       {R"({"version": 1, "apps": {"a b": {"instances": []}}})", "app id 'a b'"},
       {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x"}]}}})", "'id' and 'address'"},
-      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "nope"}]}}})",
-       "address 'nope' is not an IP address"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "nope", "ports": "80"}]}}})",
+       "address 'nope' is not an IPv4 or IPv6 address"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "127.0.0.2"}]}}})",
+       "names the ports it serves"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "10.0.0.2", "ports": "80", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]}}})",
+       "'ports' is for static instances"},
       {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "10.0.0.2", "public_key": "zz"}]}}})",
        "instance 'x'"},
       {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "10.0.0.1", "public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}]}}})",
        "the gateway's own address"},
-      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "127.0.0.1"}]},
-                                  "b": {"instances": [{"id": "X", "address": "127.0.0.2"}]}}})",
-       "instance id 'x' appears twice"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "x", "address": "127.0.0.1", "ports": "80"}]},
+                                  "b": {"instances": [{"id": "X", "address": "127.0.0.2", "ports": "80"}]}}})",
+       "instance 'x': appears twice"},
       {R"({"version": 1, "apps": {"a": {"proxy_protocol": "yes"}}})", "'proxy_protocol' must be true or false"},
       {R"({"version": 1, "apps": {"a": {"max_connections": 0}}})", "'max_connections' must be an integer"},
       {R"({"version": 1, "apps": {"a": {"max_connections": 1.5}}})", "'max_connections' must be an integer"},
@@ -258,6 +280,109 @@ TEST(Registry, BadAppSettingsAreRefusedAndAFailedWriteIsRolledBack) {
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("app settings not saved"), std::string::npos) << r.status();
   EXPECT_TRUE(unwritable.app_settings("a").empty());
+}
+
+// One name, one meaning: `victim-443s.<base>` must never reach another app's instance.
+TEST(Registry, AppAndInstanceIdsShareOneNamespace) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("state.json"));
+  ASSERT_TRUE(reg.Register("victim", "victim-1", kKey1).ok());
+  ASSERT_TRUE(reg.SetAppSettings("planned", {.max_connections = 5}).ok());
+  std::string before = Read(dir.file("state.json"));
+  struct Case {
+    absl::StatusOr<Registry::Outcome> result;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      {reg.Register("evil", "victim", kKey2), "instance id 'victim' is an app's id"},
+      {reg.RegisterStatic("evil", "Victim", "127.0.0.2", "443"), "instance id 'victim' is an app's id"},
+      {reg.Register("evil", "planned", kKey2), "instance id 'planned' is an app's id"},
+      {reg.Register("web", "web", kKey2), "instance id 'web' is an app's id"},
+      {reg.Register("victim-1", "x1", kKey2), "app id 'victim-1' is the id of an instance of app 'victim'"},
+      {reg.Register("evil", "victim-1", kKey2), "belongs to app 'victim'"},
+  };
+  for (auto& c : cases) {
+    ASSERT_FALSE(c.result.ok()) << c.message;
+    EXPECT_EQ(c.result.status().code(), absl::StatusCode::kAlreadyExists) << c.result.status();
+    EXPECT_NE(c.result.status().message().find(c.message), std::string::npos) << c.result.status().message();
+  }
+  auto settings = reg.SetAppSettings("victim-1", {.proxy_protocol = true});
+  ASSERT_FALSE(settings.ok());
+  EXPECT_NE(settings.status().message().find("is the id of an instance"), std::string::npos) << settings.status();
+  EXPECT_EQ(Read(dir.file("state.json")), before);
+  EXPECT_EQ(reg.instances().size(), 1u);
+}
+
+// The state file obeys what the API does: each of these states is refused by
+// the loader, and the same registrations are refused by the API.
+TEST(Registry, TheLoaderAppliesTheApiRules) {
+  TempDir dir;
+  std::string path = dir.file("state.json");
+  Registry reg(Pool(), path);
+  struct Case {
+    const char* text;
+    const char* message;
+  };
+  std::vector<Case> cases = {
+      // an instance named like an app listed after it
+      {R"({"version": 1, "apps": {"evil": {"instances": [{"id": "victim", "address": "127.0.0.2", "ports": "443"}]},
+                                  "victim": {"instances": [{"id": "v1", "address": "127.0.0.3", "ports": "443"}]}}})",
+       "an id names one app or one instance, never both"},
+      {R"({"version": 1, "apps": {"web": {"instances": [{"id": "web", "address": "127.0.0.2", "ports": "443"}]}}})",
+       "instance id 'web' is an app's id"},
+      {R"({"version": 1, "apps": {"victim": {"max_connections": 3},
+                                  "evil": {"instances": [{"id": "victim", "address": "127.0.0.2", "ports": "1"}]}}})",
+       "instance id 'victim' is an app's id"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "s1", "address": "10.0.0.5", "ports": "80"},
+                                                      {"id": "s2", "address": "::ffff:10.0.0.5", "ports": "81"}]}}})",
+       "already used by instance 's1'"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "s1", "address": "0.0.0.0", "ports": "80"}]}}})",
+       "unspecified"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "s1", "address": "ff02::1", "ports": "80"}]}}})",
+       "multicast"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "--", "address": "127.0.0.2", "ports": "80"}]}}})",
+       "must be a DNS label"},
+      {R"({"version": 1, "apps": {"-": {"instances": []}}})", "must be a DNS label"},
+      {R"({"version": 1, "apps": {"a": {"instances": [{"id": "s1", "address": "127.0.0.2", "ports": "0-80"}]}}})",
+       "not a port"},
+  };
+  for (const auto& c : cases) {
+    Write(path, c.text);
+    auto s = reg.Load();
+    ASSERT_FALSE(s.ok()) << c.text;
+    EXPECT_NE(s.message().find(c.message), std::string::npos) << "got: " << s.message() << "\nwant: " << c.message;
+  }
+  // What the API accepts, the loader accepts: several static instances on one
+  // host address outside the pool, mapped addresses written canonically.
+  Write(path, "{\"version\": 1}");
+  ASSERT_TRUE(reg.Load().ok());
+  ASSERT_TRUE(reg.RegisterStatic("web", "w1", "::ffff:127.0.0.2", "8080").ok());
+  ASSERT_TRUE(reg.RegisterStatic("api", "a1", "127.0.0.2", "9000-9100").ok());
+  ASSERT_TRUE(reg.RegisterStatic("api", "a2", "2001:DB8::0:1", "443").ok());
+  EXPECT_EQ(reg.instances().at("w1").address, "127.0.0.2");
+  EXPECT_EQ(reg.instances().at("a2").address, "2001:db8::1");
+  std::string saved = Read(path);
+  Registry loaded(Pool(), path);
+  ASSERT_TRUE(loaded.Load().ok()) << saved;
+  EXPECT_EQ(loaded.ToJson(), reg.ToJson());
+  Write(path, R"({"version": 1, "apps": {"web": {"instances": [{"id": "w1", "address": "::ffff:127.0.0.2", "ports": "8080"},
+                                                              {"id": "w2", "address": "127.0.0.2", "ports": "8081"}]}}})");
+  ASSERT_TRUE(reg.Load().ok());
+  EXPECT_EQ(reg.instances().at("w1").address, "127.0.0.2");
+}
+
+TEST(PortSet, ParsesListsAndRangesCanonically) {
+  auto p = PortSet::Parse(" 8443,80, 9000-9100,9050-9200,81");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->ToString(), "80-81,8443,9000-9200");
+  EXPECT_TRUE(p->Contains(81));
+  EXPECT_TRUE(p->Contains(9200));
+  EXPECT_FALSE(p->Contains(82));
+  EXPECT_FALSE(p->Contains(443));
+  for (const char* bad : {"", ",", "80,", "0", "65536", "08", "-5", "5-", "a", "1-2-3", "+80", "90-80"}) {
+    EXPECT_FALSE(PortSet::Parse(bad).ok()) << bad;
+  }
+  EXPECT_EQ(PortSet::Parse("1-65535")->ToString(), "1-65535");
 }
 
 TEST(Registry, MissingStateFileIsEmpty) {
