@@ -227,15 +227,18 @@ absl::Status WgDumpParser::Add(const nlmsghdr* nlh) {
 
 absl::StatusOr<WgDevice> ParseWgDump(const char* data, size_t len, int* messages) {
   WgDumpParser parser;
-  int left = static_cast<int>(len);
+  size_t left = len;
   const auto* nlh = reinterpret_cast<const nlmsghdr*>(data);
   bool done = false;
-  for (; mnl_nlmsg_ok(nlh, left); nlh = mnl_nlmsg_next(nlh, &left)) {
+  for (; NlMessageOk(nlh, left); nlh = NlNext(nlh, &left)) {
     if (nlh->nlmsg_type == NLMSG_DONE) {
       done = true;
       break;
     }
     if (nlh->nlmsg_type == NLMSG_ERROR) {
+      if (mnl_nlmsg_get_payload_len(nlh) < sizeof(nlmsgerr)) {
+        return absl::InternalError("kernel WireGuard dump: a truncated error message");
+      }
       int error = static_cast<const nlmsgerr*>(mnl_nlmsg_get_payload(nlh))->error;
       return absl::InternalError(absl::StrCat("kernel WireGuard dump: error ", NlErrorText(nlh, error)));
     }

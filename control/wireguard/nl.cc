@@ -140,10 +140,10 @@ absl::Status NlSocket::Transact(nlmsghdr* request, const std::string& what, cons
       return ErrnoStatus(errno, absl::StrCat(what, ": reading the answer"));
     }
     if (on_datagram) on_datagram(buf_.get(), static_cast<size_t>(len));
-    int left = static_cast<int>(len);
+    size_t left = static_cast<size_t>(len);
     bool finished = false;
-    for (const nlmsghdr* nlh = reinterpret_cast<const nlmsghdr*>(buf_.get()); mnl_nlmsg_ok(nlh, left);
-         nlh = mnl_nlmsg_next(nlh, &left)) {
+    for (const nlmsghdr* nlh = reinterpret_cast<const nlmsghdr*>(buf_.get()); NlMessageOk(nlh, left);
+         nlh = NlNext(nlh, &left)) {
       // A late answer to an earlier request that timed out.
       if (nlh->nlmsg_seq != seq_) continue;
       switch (nlh->nlmsg_type) {

@@ -4,6 +4,7 @@
 #include <libmnl/libmnl.h>
 #include <linux/netlink.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -51,6 +52,19 @@ class NlSocket {
   uint32_t seq_ = 0;
   std::unique_ptr<char[]> buf_;
 };
+
+// Whether a whole message starts at `nlh` with `left` bytes from there on.
+// libmnl's mnl_nlmsg_ok compares the length as an int, so a length of 2^31 or
+// more passes it and sends every parser past the end of the buffer.
+inline bool NlMessageOk(const nlmsghdr* nlh, size_t left) {
+  return left >= sizeof(nlmsghdr) && nlh->nlmsg_len >= sizeof(nlmsghdr) && nlh->nlmsg_len <= left;
+}
+// The message after `nlh` (which NlMessageOk accepted); `left` shrinks to match.
+inline const nlmsghdr* NlNext(const nlmsghdr* nlh, size_t* left) {
+  size_t step = std::min<size_t>(MNL_ALIGN(nlh->nlmsg_len), *left);
+  *left -= step;
+  return reinterpret_cast<const nlmsghdr*>(reinterpret_cast<const char*>(nlh) + step);
+}
 
 // The id of a generic-netlink family; NotFound when the kernel has none by that name.
 absl::StatusOr<uint16_t> ResolveGenlFamily(NlSocket& genl, const std::string& name);

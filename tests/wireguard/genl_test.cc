@@ -272,9 +272,8 @@ TEST(WgDump, ThousandPeersOverSeveralMessages) {
 // Splits a recording into its messages (NLMSG_DONE excluded).
 std::vector<const nlmsghdr*> Messages(const std::string& raw) {
   std::vector<const nlmsghdr*> out;
-  int left = static_cast<int>(raw.size());
-  for (auto* nlh = reinterpret_cast<const nlmsghdr*>(raw.data()); mnl_nlmsg_ok(nlh, left);
-       nlh = mnl_nlmsg_next(nlh, &left)) {
+  size_t left = raw.size();
+  for (auto* nlh = reinterpret_cast<const nlmsghdr*>(raw.data()); NlMessageOk(nlh, left); nlh = NlNext(nlh, &left)) {
     if (nlh->nlmsg_type >= NLMSG_MIN_TYPE) out.push_back(nlh);
   }
   return out;
@@ -327,6 +326,37 @@ TEST(WgDump, TruncatedRecordingsAreErrors) {
   EXPECT_NE(std::string(cut.status().message()).find("ends before NLMSG_DONE"), std::string::npos);
   // Cut inside a message.
   EXPECT_FALSE(ParseWgDump(r.raw.data(), msgs[0]->nlmsg_len / 2).ok());
+}
+
+// Lengths of 2^31 and more pass libmnl's signed check. Past the `len` bytes
+// the parser is given sits a malformed attribute: a parser that reads beyond
+// its buffer reports that attribute; a correct one never sees it.
+TEST(WgDump, LengthsThatDoNotFitAreErrorsNotReads) {
+  constexpr size_t kGiven = 32;
+  for (uint32_t len : {0x80000000u, 0x80000010u, 0xfffffff0u, 33u}) {
+    alignas(nlmsghdr) char buf[64] = {};
+    auto* nlh = reinterpret_cast<nlmsghdr*>(buf);
+    nlh->nlmsg_len = len;
+    nlh->nlmsg_type = kFamily;
+    reinterpret_cast<genlmsghdr*>(buf + sizeof(nlmsghdr))->cmd = WG_CMD_GET_DEVICE;
+    auto* filler = reinterpret_cast<nlattr*>(buf + sizeof(nlmsghdr) + sizeof(genlmsghdr));
+    filler->nla_len = kGiven - sizeof(nlmsghdr) - sizeof(genlmsghdr);  // an ignored attribute up to byte 32
+    auto* outside = reinterpret_cast<nlattr*>(buf + kGiven);
+    outside->nla_len = sizeof(nlattr) + 1;  // a one-byte listen port
+    outside->nla_type = WGDEVICE_A_LISTEN_PORT;
+    auto d = ParseWgDump(buf, kGiven);
+    ASSERT_FALSE(d.ok()) << len;
+    EXPECT_EQ(std::string(d.status().message()).find("listen port"), std::string::npos)
+        << "read past the buffer with nlmsg_len " << len << ": " << d.status();
+  }
+  // An error message too short for its nlmsgerr.
+  alignas(nlmsghdr) char buf[32] = {};
+  auto* nlh = reinterpret_cast<nlmsghdr*>(buf);
+  nlh->nlmsg_len = sizeof(nlmsghdr) + 2;
+  nlh->nlmsg_type = NLMSG_ERROR;
+  auto d = ParseWgDump(buf, nlh->nlmsg_len);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(std::string(d.status().message()).find("truncated error"), std::string::npos) << d.status();
 }
 
 TEST(WgDump, MalformedPeerIsAnError) {
