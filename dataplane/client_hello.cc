@@ -2,6 +2,7 @@
 #include "dataplane/client_hello.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace cvmgate {
 namespace {
@@ -12,6 +13,11 @@ constexpr uint16_t kExtServerName = 0;
 constexpr uint16_t kExtAlpn = 16;
 constexpr uint8_t kNameTypeHostName = 0;
 constexpr size_t kMaxHostName = 255;
+// A record header read as a little-endian word from its first byte: type 22
+// and major version 3 in bytes 0 and 1, any minor version, the length's high
+// byte in byte 3 and its low byte in byte 4 (the rest is payload).
+constexpr uint64_t kRecordHeaderMask = 0xff'ff00'ffffull;
+constexpr uint64_t kHandshakeRecordHeader = 0x0316;
 
 // A cursor over untrusted bytes: every read checks the remaining length and a
 // failed read poisons the cursor, so callers check `ok()` once at the end.
@@ -152,64 +158,154 @@ std::string_view HelloStatusName(HelloStatus status) {
   return "unknown";
 }
 
-HelloResult ParseClientHello(std::span<const uint8_t> data, size_t max_wire_bytes) {
-  if (data.empty()) return NeedMore(1, max_wire_bytes);
-  if (data[0] != kRecordHandshake) {
+HelloResult HelloParser::Feed(std::span<const uint8_t> data) {
+  const uint8_t* d = data.data();
+  const size_t n = data.size();
+  if (n == 0) return NeedMore(1, max_);
+  if (record_ == 0 && taken_ == 0 && d[0] != kRecordHandshake) {
     // SSLv2 record: high bit of the first byte set (2-byte length), message type 1 at byte 2.
-    if (data[0] & 0x80) {
-      if (data.size() < 3) return NeedMore(3, max_wire_bytes);
-      if (data[2] == kHandshakeClientHello) return Status(HelloStatus::kSslV2);
+    if (d[0] & 0x80) {
+      if (n < 3) return NeedMore(3, max_);
+      if (d[2] == kHandshakeClientHello) return Status(HelloStatus::kSslV2);
     }
     return Status(HelloStatus::kNotTls);
   }
-
-  // Gather handshake bytes across records until the whole ClientHello is there.
-  std::vector<uint8_t> handshake;
-  size_t off = 0;
   for (;;) {
-    if (data.size() < off + kTlsRecordHeader) return NeedMore(off + kTlsRecordHeader, max_wire_bytes);
-    const uint8_t* h = data.data() + off;
-    if (h[0] != kRecordHandshake) {
-      // Another record type before the hello is complete.
+    if (msg_end_ > 0 && taken_ == 0) {
+      // Steady state, whole records in view: a tight loop on locals copies
+      // their payloads in; whatever it does not take (a cut record, a bad
+      // header) is left to the checks below.
+      size_t rec = record_, filled = filled_;
+      uint8_t* dst = hs_.get();
+      // The shapes an attacker picks, runs of equal records of 1 to 8 bytes:
+      // with a constant stride no load waits for the length before it, and
+      // each record is one 8-byte header check and one 8-byte move.
+      if (rec + kTlsRecordHeader <= n) {
+        const size_t len = (size_t{d[rec + 3]} << 8) | d[rec + 4];
+        const size_t stride = kTlsRecordHeader + len;
+        if (len >= 1 && len <= 8 && rec + kTlsRecordHeader + 8 <= n) {
+          const uint64_t want = kHandshakeRecordHeader | (uint64_t{len} << 32);
+          size_t runs = std::min((msg_end_ - filled) / len, (n - rec - kTlsRecordHeader - 8) / stride + 1);
+          const uint8_t* p = d + rec;
+          uint8_t* out = dst + filled;
+          size_t i = 0;
+          for (; i < runs; ++i, p += stride, out += len) {
+            uint64_t header, payload;
+            std::memcpy(&header, p, sizeof(header));
+            if ((header & kRecordHeaderMask) != want) break;
+            std::memcpy(&payload, p + kTlsRecordHeader, sizeof(payload));
+            std::memcpy(out, &payload, sizeof(payload));  // hs_ has 8 bytes of slack
+          }
+          filled += i * len;
+          rec += i * stride;
+        }
+      }
+      while (filled < msg_end_ && rec + kTlsRecordHeader <= n) {
+        const uint8_t* h = d + rec;
+        const size_t len = (size_t{h[3]} << 8) | h[4];
+        if (h[0] != kRecordHandshake || h[1] != 3 || len == 0 || len > kMaxTlsRecordPayload ||
+            rec + kTlsRecordHeader + len > n || len > msg_end_ - filled) {
+          break;
+        }
+        if (len <= 8 && rec + kTlsRecordHeader + 8 <= n) {
+          // Small records: one 8-byte move (hs_ has the slack), no call.
+          uint64_t v;
+          std::memcpy(&v, h + kTlsRecordHeader, sizeof(v));
+          std::memcpy(dst + filled, &v, sizeof(v));
+        } else {
+          std::memcpy(dst + filled, h + kTlsRecordHeader, len);
+        }
+        filled += len;
+        rec += kTlsRecordHeader + len;
+      }
+      record_ = rec;
+      filled_ = filled;
+      if (filled == msg_end_) return Finish(std::span(hs_.get() + 4, msg_end_ - 4), rec);
+    }
+    const size_t off = record_;
+    if (n < off + kTlsRecordHeader) {
+      // The next header has not arrived. Once the message length is known, the
+      // rest of the message comes behind it, at the least.
+      return NeedMore(off + kTlsRecordHeader + (msg_end_ > 0 ? msg_end_ - filled_ : 0), max_);
+    }
+    const uint8_t* h = d + off;
+    if (h[0] != kRecordHandshake || h[1] != 3) {
+      // Another record type before the hello is complete, or not TLS at all.
       return Status(off == 0 ? HelloStatus::kNotTls : HelloStatus::kMalformed);
     }
-    if (h[1] != 3) return Status(off == 0 ? HelloStatus::kNotTls : HelloStatus::kMalformed);
-    size_t len = (size_t{h[3]} << 8) | h[4];
+    const size_t len = (size_t{h[3]} << 8) | h[4];
     // RFC 8446 5.1: no zero-length handshake fragments, no record over 2^14.
     if (len == 0 || len > kMaxTlsRecordPayload) return Status(HelloStatus::kMalformed);
-    size_t record_end = off + kTlsRecordHeader + len;
-    size_t avail = std::min(data.size(), record_end) - (off + kTlsRecordHeader);
-    // Look at the handshake header as soon as its bytes are visible, so garbage
-    // and oversized hellos are refused before their records are waited for.
-    handshake.insert(handshake.end(), h + kTlsRecordHeader, h + kTlsRecordHeader + avail);
-    if (handshake.size() >= 1 && handshake[0] != kHandshakeClientHello) {
-      return Status(HelloStatus::kNotClientHello);
+    const size_t payload = off + kTlsRecordHeader;
+    const size_t record_end = payload + len;
+    const size_t avail = std::min(n, record_end) - payload;
+    // The common case, a whole hello in its first record, is parsed in place.
+    if (off == 0 && taken_ == 0 && avail == len && len >= 4 && h[5] == kHandshakeClientHello &&
+        ((size_t{h[6]} << 16) | (size_t{h[7]} << 8) | h[8]) + 4 == len) {
+      if (record_end > max_) return Status(HelloStatus::kTooLarge);
+      return Finish(data.subspan(payload + 4, len - 4), record_end);
     }
-    if (handshake.size() >= 4) {
-      size_t body = (size_t{handshake[1]} << 16) | (size_t{handshake[2]} << 8) | handshake[3];
-      size_t msg_end = body + 4;
-      // Each record carries at most 2^14 bytes, so this bounds the wire size from below.
-      size_t records = (msg_end + kMaxTlsRecordPayload - 1) / kMaxTlsRecordPayload;
-      if (msg_end + records * kTlsRecordHeader > max_wire_bytes) return Status(HelloStatus::kTooLarge);
-      if (handshake.size() >= msg_end) {
-        if (data.size() < record_end) return NeedMore(record_end, max_wire_bytes);
-        // The hello must end with its record: nothing else may follow it there.
-        if (handshake.size() != msg_end) return Status(HelloStatus::kMalformed);
-        HelloResult out;
-        out.status = ParseBody(std::span(handshake).subspan(4, body), out);
-        if (out.status != HelloStatus::kOk) {
-          out.sni.clear();
-          out.alpn.clear();
-        }
-        out.wire_bytes = record_end;
-        return out;
+    // Otherwise each byte is gathered once: first the 4-byte handshake header,
+    // which gives the message's length, then straight into a buffer of that size.
+    const uint8_t* src = d + payload + taken_;
+    size_t take = avail - taken_;
+    while (msg_end_ == 0 && take > 0) {
+      head_[filled_++] = *src++;
+      --take;
+      if (head_[0] != kHandshakeClientHello) return Status(HelloStatus::kNotClientHello);
+      if (filled_ == 4) {
+        msg_end_ = ((size_t{head_[1]} << 16) | (size_t{head_[2]} << 8) | head_[3]) + 4;
+        // Each record carries at most 2^14 bytes, so this bounds the wire size from below.
+        size_t records = (msg_end_ + kMaxTlsRecordPayload - 1) / kMaxTlsRecordPayload;
+        if (msg_end_ + records * kTlsRecordHeader > max_) return Status(HelloStatus::kTooLarge);
+        hs_ = std::make_unique_for_overwrite<uint8_t[]>(msg_end_ + 8);  // slack for 8-byte moves
+        std::memcpy(hs_.get(), head_, 4);
       }
     }
-    if (data.size() < record_end) {
-      return NeedMore(record_end, max_wire_bytes);
+    if (take > 0) {
+      // The hello must end with its record: nothing else may follow it there.
+      if (take > msg_end_ - filled_) return Status(HelloStatus::kMalformed);
+      if (take == 1) {
+        hs_[filled_] = *src;  // tiny records: no call per byte
+      } else {
+        std::memcpy(hs_.get() + filled_, src, take);
+      }
+      filled_ += take;
     }
-    off = record_end;
+    taken_ = avail;
+    if (msg_end_ > 0 && filled_ == msg_end_) {
+      if (n < record_end) return NeedMore(record_end, max_);
+      return Finish(std::span(hs_.get() + 4, msg_end_ - 4), record_end);
+    }
+    if (n < record_end) {
+      // The rest of this record, and what the message still lacks beyond it
+      // in one more record at the least.
+      size_t beyond = 0;
+      if (msg_end_ > 0) {
+        size_t missing = msg_end_ - filled_;
+        size_t in_record = record_end - n;
+        if (missing > in_record) beyond = kTlsRecordHeader + (missing - in_record);
+      }
+      return NeedMore(record_end + beyond, max_);
+    }
+    record_ = record_end;
+    taken_ = 0;
   }
+}
+
+HelloResult HelloParser::Finish(std::span<const uint8_t> body, size_t wire_bytes) {
+  HelloResult out;
+  out.status = ParseBody(body, out);
+  if (out.status != HelloStatus::kOk) {
+    out.sni.clear();
+    out.alpn.clear();
+  }
+  out.wire_bytes = wire_bytes;
+  return out;
+}
+
+HelloResult ParseClientHello(std::span<const uint8_t> data, size_t max_wire_bytes) {
+  return HelloParser(max_wire_bytes).Feed(data);
 }
 
 }  // namespace cvmgate

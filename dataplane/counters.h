@@ -28,6 +28,7 @@ namespace cvmgate {
   X(ktls_fallback_disabled, "kTLS not tried: --ktls off")                                  \
   X(closed_overload, "connections refused: --max-connections reached")                    \
   X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \
+  X(hello_read_not_peeked, "ClientHellos cut into so many pieces that they were read, then replayed") \
   X(closed_hello_peer_closed, "the client closed or reset before its ClientHello ended")   \
   X(closed_not_tls, "the first bytes are not a TLS handshake record")                     \
   X(closed_sslv2, "an SSLv2 ClientHello")                                                 \

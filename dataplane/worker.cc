@@ -27,7 +27,11 @@ namespace cvmgate {
 namespace {
 
 constexpr uint32_t kRingEntries = 4096;
-constexpr uint32_t kHelloInitialPeek = 1024;  // most hellos fit; larger ones grow one record at a time
+constexpr uint32_t kHelloInitialPeek = 1024;  // most hellos fit; larger ones grow the buffer geometrically
+// A whole hello takes one peek, or two or three when it is larger than the
+// first peek or spans records; one still incomplete after this many was cut
+// into many small records, and is read rather than peeked again.
+constexpr uint8_t kPeeksBeforeReading = 4;
 constexpr size_t kPumpBudget = 512 * 1024;    // bytes one direction moves before yielding to others
 constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 constexpr int64_t kMaxWaitMs = 1000;
@@ -340,6 +344,7 @@ void Worker::OnAccept(size_t listener, int res, bool more) {
   c.cfd = fd;
   c.hello_cap = std::min<uint32_t>(kHelloInitialPeek, config_.hello_max_bytes);
   c.hello = std::make_unique_for_overwrite<uint8_t[]>(c.hello_cap);
+  c.hello_parser = HelloParser(config_.hello_max_bytes);
   SetDeadline(c, now_ms_ + ToMs(config_.hello_timeout));
   SubmitPeek(c);
 }
@@ -348,7 +353,11 @@ void Worker::OnAccept(size_t listener, int res, bool more) {
 
 void Worker::SubmitPeek(Conn& c) {
   io_uring_sqe* sqe = Sqe();
-  io_uring_prep_recv(sqe, c.cfd, c.hello.get(), c.hello_cap, MSG_PEEK);
+  // A peek copies every byte from the first one again (and the kernel walks
+  // every queued segment to do it): a hello still incomplete after a few peeks
+  // is read instead, each byte once, and replayed (OnHelloDone).
+  io_uring_prep_recv(sqe, c.cfd, c.hello.get() + c.hello_len, c.hello_cap - c.hello_len,
+                     c.hello_read ? 0 : MSG_PEEK);
   Submit(c, kOpPeek, sqe);
 }
 
@@ -357,8 +366,9 @@ void Worker::OnPeek(Conn& c, int res) {
     Abort(c, Counter::closed_hello_peer_closed);
     return;
   }
-  HelloResult hello =
-      ParseClientHello(std::span<const uint8_t>(c.hello.get(), static_cast<size_t>(res)), config_.hello_max_bytes);
+  size_t have = static_cast<size_t>(res);
+  if (c.hello_read) have = c.hello_len += static_cast<uint32_t>(res);
+  HelloResult hello = c.hello_parser.Feed(std::span<const uint8_t>(c.hello.get(), have));
   if (hello.status == HelloStatus::kOk) {
     OnHelloDone(c, hello.sni);
     return;
@@ -368,23 +378,32 @@ void Worker::OnPeek(Conn& c, int res) {
     return;
   }
   if (hello.need > c.hello_cap) {
-    bool was_full = static_cast<uint32_t>(res) == c.hello_cap;
-    c.hello_cap = static_cast<uint32_t>(hello.need);
-    c.hello = std::make_unique_for_overwrite<uint8_t[]>(c.hello_cap);
+    // Geometric growth: the buffer is replaced a logarithmic number of times.
+    bool was_full = have == c.hello_cap;
+    uint32_t cap = std::max(static_cast<uint32_t>(hello.need), std::min(2 * c.hello_cap, config_.hello_max_bytes));
+    auto bigger = std::make_unique_for_overwrite<uint8_t[]>(cap);
+    if (c.hello_read) std::memcpy(bigger.get(), c.hello.get(), c.hello_len);  // read bytes are not in the socket
+    c.hello = std::move(bigger);
+    c.hello_cap = cap;
     if (was_full) {
       // More bytes may already be queued than the old buffer could show.
       SubmitPeek(c);
       return;
     }
   }
+  if (!c.hello_read && ++c.hello_peeks >= kPeeksBeforeReading) {
+    // From now on the bytes are read: the next read takes what was peeked again, from the first byte.
+    c.hello_read = true;
+    counters_.Add(Counter::hello_read_not_peeked);
+  }
   if (c.rdhup) {
     Abort(c, Counter::closed_hello_peer_closed);
     return;
   }
   // A peek leaves the bytes queued, so a plain readiness poll would fire at
-  // once and spin. SO_RCVLOWAT makes the socket readable only when `need`
-  // bytes are there (or the peer closed).
-  int need = static_cast<int>(hello.need);
+  // once and spin. SO_RCVLOWAT makes the socket readable only when the bytes
+  // still needed are there (or the peer closed).
+  int need = static_cast<int>(hello.need - c.hello_len);
   setsockopt(c.cfd, SOL_SOCKET, SO_RCVLOWAT, &need, sizeof(need));
   c.lowat_set = true;
   io_uring_sqe* sqe = Sqe();
@@ -408,8 +427,11 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     c.lowat_set = false;
   }
   NameResult name = ParseHostName(sni, config_.base_domains);
-  c.hello.reset();
-  c.hello_cap = 0;
+  c.hello_parser = HelloParser();
+  if (c.hello_len == 0) {
+    c.hello.reset();  // peeked: the bytes are still in the socket
+    c.hello_cap = 0;
+  }
   if (name.status != NameStatus::kOk) {
     Abort(c, NameCounter(name.status));
     return;
@@ -450,6 +472,17 @@ void Worker::StartTls(Conn& c, SSL_CTX* ctx) {
     Abort(c, Counter::closed_tls_handshake_failed);
     return;
   }
+  if (c.hello_len > 0) {
+    // The hello was read, not peeked: OpenSSL takes it from memory, then the
+    // socket (DoHandshake swaps the BIO once the memory is drained).
+    BIO* read = BIO_new_mem_buf(c.hello.get(), static_cast<int>(c.hello_len));
+    if (read == nullptr) {
+      Abort(c, Counter::closed_tls_handshake_failed);
+      return;
+    }
+    BIO_set_mem_eof_return(read, -1);  // drained: "retry", not end of stream
+    SSL_set0_rbio(c.ssl, read);
+  }
   SSL_set_accept_state(c.ssl);
   c.phase = Phase::kTlsHandshake;
   SetDeadline(c, now_ms_ + ToMs(config_.handshake_timeout));
@@ -465,6 +498,21 @@ void Worker::DoHandshake(Conn& c) {
     return;
   }
   int e = SSL_get_error(c.ssl, r);
+  if (e == SSL_ERROR_WANT_READ && c.hello_len > 0 && BIO_ctrl_pending(SSL_get_rbio(c.ssl)) == 0) {
+    // The read hello is used up: the rest of the stream is in the socket, and
+    // a socket BIO is what kTLS needs.
+    BIO* sock = BIO_new_socket(c.cfd, BIO_NOCLOSE);
+    if (sock == nullptr) {
+      Abort(c, Counter::closed_tls_handshake_failed);
+      return;
+    }
+    SSL_set0_rbio(c.ssl, sock);
+    c.hello.reset();
+    c.hello_len = 0;
+    c.hello_cap = 0;
+    DoHandshake(c);
+    return;
+  }
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
     io_uring_sqe* sqe = Sqe();
     io_uring_prep_poll_add(sqe, c.cfd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT);
@@ -769,11 +817,34 @@ void Worker::FinishDirection(Conn& c, int d) {
   if (c.dir[0].done && c.dir[1].done) Abort(c, Counter::relay_done);
 }
 
+bool Worker::FlushReadHello(Conn& c) {
+  while (c.hello_sent < c.hello_len) {
+    ssize_t n = send(c.bfd, c.hello.get() + c.hello_sent, c.hello_len - c.hello_sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c.hello_sent += static_cast<uint32_t>(n);
+      counters_.Add(Counter::bytes_client_to_backend, static_cast<uint64_t>(n));
+      c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      ArmRelayPoll(c, 0, c.bfd, POLLOUT);
+      return false;
+    }
+    Abort(c, Counter::closed_relay_error);
+    return false;
+  }
+  c.hello.reset();
+  c.hello_len = c.hello_sent = c.hello_cap = 0;
+  return true;
+}
+
 // Moves bytes for one direction with inline non-blocking syscalls until the
 // source or the destination would block, then waits for readiness on the ring.
 void Worker::Pump(Conn& c, int d) {
   Direction& x = c.dir[d];
   if (c.phase != Phase::kRelay || x.done || x.op_pending || x.queued) return;
+  if (d == 0 && c.hello_len > 0 && !FlushReadHello(c)) return;
   const int src = d == 0 ? c.cfd : c.bfd;
   const int dst = d == 0 ? c.bfd : c.cfd;
   const Counter bytes_counter = d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client;
@@ -866,6 +937,7 @@ void Worker::Pump(Conn& c, int d) {
 void Worker::PumpUring(Conn& c, int d) {
   Direction& x = c.dir[d];
   if (c.phase != Phase::kRelay || x.done || x.op_pending) return;
+  if (d == 0 && c.hello_len > 0 && !FlushReadHello(c)) return;
   if (x.copy) {
     Pump(c, d);
     return;

@@ -16,6 +16,7 @@
 #include "absl/status/status.h"
 #include "control/config.h"
 #include "control/snapshot.h"
+#include "dataplane/client_hello.h"
 #include "dataplane/counters.h"
 #include "dataplane/pools.h"
 #include "dataplane/tls.h"
@@ -70,7 +71,12 @@ class Worker {
     int bfd = -1;
     uint32_t inflight = 0;
     uint32_t hello_cap = 0;
-    std::unique_ptr<uint8_t[]> hello;
+    std::unique_ptr<uint8_t[]> hello;  // the peek buffer; or the hello read from the socket, until replayed
+    HelloParser hello_parser;          // resumes where the last peek's parse stopped
+    uint32_t hello_len = 0;            // bytes read (not peeked) into `hello`: they go to the backend or OpenSSL first
+    uint32_t hello_sent = 0;           // of those, already sent to the backend
+    uint8_t hello_peeks = 0;
+    bool hello_read = false;           // the hello arrived in so many pieces that it is read, not peeked
     std::string id;
     SSL* ssl = nullptr;  // terminated connections: the client side's TLS
     std::atomic<int32_t>* app_live = nullptr;  // the app slot this connection holds
@@ -150,6 +156,9 @@ class Worker {
   std::optional<Counter> Unroutable(const RouteSnapshot::Lookup& found, uint16_t port) const;
   // Counts the connection against its app's limit once; false when the app is full.
   bool TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found);
+  // Passthrough of a hello that was read: sends it to the backend before any
+  // other client byte; false when it waits for the socket (or the relay was closed).
+  bool FlushReadHello(Conn& c);
   void StartConnect(Conn& c);
   void OnConnect(Conn& c, int res);
   void StartRelay(Conn& c);

@@ -5,13 +5,15 @@ state, listener or admin socket, and idle connections on the TCP admin API."""
 import json
 import os
 import socket
+import struct
 import subprocess
 import time
 
 import peers
 from peers import TlsClient, sni_name
 from test_cvm_topology import in_netns, sh
-from test_passthrough import assert_echo, expect_closed, open_relay
+from test_passthrough import ALPN_2K, assert_echo, open_relay
+from test_terminate import certs, echo_port, tgw, trailer  # noqa: F401 (fixtures)
 
 
 def admin_sock(gw):
@@ -23,6 +25,51 @@ def curl_admin(gw, target):
                        capture_output=True, text=True, timeout=10)
     body, _, code = p.stdout.rpartition("\n")
     return int(code), json.loads(body)
+
+
+def refragment(hello, size):
+    """The same handshake bytes, in records of `size` bytes."""
+    payload, pos = b"", 0
+    while pos < len(hello):
+        length = struct.unpack_from("!H", hello, pos + 3)[0]
+        payload += hello[pos + 5:pos + 5 + length]
+        pos += 5 + length
+    return b"".join(b"\x16\x03\x01" + struct.pack("!H", len(payload[i:i + size])) + payload[i:i + size]
+                    for i in range(0, len(payload), size))
+
+
+def dribble(sock, wire):
+    """Each 6-byte record in its own segment, a few at a time, as an attacker would send them."""
+    for i in range(0, len(wire), 6):
+        sock.send(wire[i:i + 6])
+        if i % 60 == 54:
+            time.sleep(0.001)  # pacing: the gateway sees the hello arrive in pieces
+
+
+def test_a_hello_in_1_byte_records_is_read_and_relayed_in_passthrough(gateway, backends):
+    c = TlsClient(gateway.addr, sni_name("app", backends.port), alpn=ALPN_2K, timeout=20)
+    c.connect()
+    dribble(c.sock, refragment(c.client_hello(), 1))  # 12 KB on the wire
+    c.finish_handshake()  # with the backend: it got the same records, replayed after the hello was read
+    ex = c.exchange(b"after a dribbled hello")
+    c.close()
+    assert_echo(ex, b"after a dribbled hello")
+    counters = gateway.counters()
+    assert counters["hello_read_not_peeked"] >= 1 and counters["routed_passthrough"] == 1, counters
+
+
+def test_a_hello_in_1_byte_records_is_read_and_terminated(tgw, echo_port):
+    c = TlsClient(tgw.addr, "app-%d.example.test" % echo_port, alpn=ALPN_2K + ["http/1.1"], timeout=20)
+    c.connect()
+    dribble(c.sock, refragment(c.client_hello(), 1))
+    c.finish_handshake()  # with the gateway's OpenSSL, fed the read hello from memory
+    payload = os.urandom(1 << 20)
+    c.exchange(payload)
+    got = bytes(c.plain)
+    c.close()
+    assert got == payload + trailer(payload)
+    counters = tgw.counters()
+    assert counters["hello_read_not_peeked"] >= 1 and counters["routed_terminate"] == 1, counters
 
 
 def test_admin_requests_with_bad_bytes_get_a_400_and_cut_no_relay(ctl_bin, gateway, backends):
