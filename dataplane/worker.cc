@@ -4,6 +4,9 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <pthread.h>
+#include <sys/syscall.h>
 #include <openssl/err.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -185,7 +188,27 @@ void Worker::ArmWake() {
   io_uring_sqe_set_data64(sqe, UserData(kOpWake, 0, 0));
 }
 
+namespace {
+
+// The threads that face the internet need no privilege once their listeners
+// are bound, and capabilities belong to each thread: these drop all of theirs,
+// while the control thread keeps CAP_NET_ADMIN for WireGuard. The io_uring
+// worker threads the kernel starts for this thread inherit the empty set.
+void DropThreadCapabilities(int index) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {};
+  if (syscall(SYS_capset, &header, none) != 0) {
+    Log("worker ", index, ": cannot drop its capabilities: ", std::strerror(errno));
+  }
+}
+
+}  // namespace
+
 void Worker::Run() {
+  pthread_setname_np(pthread_self(), absl::StrCat("cvmgate-w", index_).c_str());
+  DropThreadCapabilities(index_);
+  started_.store(true);
+  started_.notify_all();
   now_ms_ = NowMs();
   for (size_t i = 0; i < listeners_.size(); ++i) ArmAccept(i);
   ArmWake();

@@ -36,6 +36,8 @@ class Worker {
   absl::Status Init(std::vector<ListenAddress>& addresses);
   // The thread body: returns once stopped and drained.
   void Run();
+  // Returns once Run() has named its thread and dropped its capabilities.
+  void WaitStarted() const { started_.wait(false); }
   // Thread-safe: stop accepting, let live relays finish (up to --drain-timeout), return from Run().
   void Stop();
 
@@ -193,6 +195,7 @@ class Worker {
   int wake_fd_ = -1;
   uint64_t wake_value_ = 0;
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> started_{false};
   bool draining_ = false;
   int64_t drain_deadline_ms_ = 0;
   bool drain_cut_ = false;

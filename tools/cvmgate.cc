@@ -314,6 +314,7 @@ int Main(int argc, char** argv) {
   }
   std::vector<std::thread> threads;
   for (auto& w : pool) threads.emplace_back([&w] { w->Run(); });
+  for (auto& w : pool) w->WaitStarted();  // ready means: no worker thread holds a capability
   std::vector<std::string> addrs;
   for (auto& l : config.listen) addrs.push_back(l.text);
   Log("admin API on ", (*admin)->address().text);

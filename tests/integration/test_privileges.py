@@ -13,6 +13,7 @@ from pathlib import Path
 import peers
 from peers import TlsClient, sni_name
 from test_cvm_topology import in_netns, sh
+from test_passthrough import open_relay
 
 NOBODY = 65534
 CAPS = "+net_admin,+net_bind_service"
@@ -55,6 +56,30 @@ def cap_eff(pid):
     return int(fields["CapEff"].strip(), 16), int(fields["Uid"].split()[0])
 
 
+def worker_caps(pid):
+    """{thread name: (CapEff, CapPrm)} of each data-plane worker thread."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            fields = dict(l.split(":", 1) for l in f if ":" in l)
+        name = fields["Name"].strip()
+        if name.startswith("cvmgate-w"):
+            out[name] = (int(fields["CapEff"].strip(), 16), int(fields["CapPrm"].strip(), 16))
+    return out
+
+
+def test_worker_threads_hold_no_capability(gateway, backends):
+    """Capabilities are per thread: the internet-facing workers drop every one once their listeners are bound,
+    while the control thread keeps what WireGuard needs (here, as root, all of them)."""
+    c, _ = open_relay(gateway, backends)  # the workers relay without any
+    c.close()
+    workers = worker_caps(gateway.proc.pid)
+    assert sorted(workers) == ["cvmgate-w0", "cvmgate-w1"], workers
+    assert all(c == (0, 0) for c in workers.values()), workers
+    main_caps, _ = cap_eff(gateway.proc.pid)
+    assert main_caps & (1 << CAP_NET_ADMIN), hex(main_caps)
+
+
 def test_runs_as_nobody_with_two_capabilities(cvmgate_bin):
     ns = "cvmgate-priv-%x" % (os.getpid() & 0xffff)
     # pytest's own temporary directories are root-only: nobody needs a path it can walk.
@@ -81,6 +106,8 @@ def test_runs_as_nobody_with_two_capabilities(cvmgate_bin):
         caps, uid = cap_eff(proc.pid)  # ip netns exec and setpriv exec in place: the pid is cvmgate's
         assert uid == NOBODY
         assert caps == (1 << CAP_NET_BIND_SERVICE) | (1 << CAP_NET_ADMIN), hex(caps)
+        workers = worker_caps(proc.pid)
+        assert workers and all(c == (0, 0) for c in workers.values()), workers
         with in_netns(ns):
             server = peers.TcpServer("127.0.0.1", backend_port, banner)
             try:
