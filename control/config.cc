@@ -107,6 +107,9 @@ const std::vector<Flag>& Flags() {
          c.wg_keep_unknown_peers = true;
          return absl::OkStatus();
        }},
+      {"wg-restart-after", "DURATION", "10s",
+       "a wireguard-go that has answered nothing for this long is killed and started again (a dead one at once)",
+       DurationFlag("wg-restart-after", &Config::wg_restart_after)},
       {"health-poll", "DURATION", "10s", "how often WireGuard handshakes are read",
        DurationFlag("health-poll", &Config::health_poll)},
       {"healthy-within", "DURATION", "5m", "an instance is healthy while its last handshake is younger than this",

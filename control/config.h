@@ -54,6 +54,7 @@ struct Config {
   uint16_t wg_listen_port = 51820;
   std::string wg_endpoint;  // host:port CVMs dial, returned by register
   bool wg_keep_unknown_peers = false;
+  absl::Duration wg_restart_after = absl::Seconds(10);
   absl::Duration health_poll = absl::Seconds(10);
   absl::Duration healthy_within = absl::Minutes(5);
   int workers = 0;  // 0: one per online CPU

@@ -88,16 +88,32 @@ bool IsHealthy(const Registration& reg, int64_t last_handshake_sec, absl::Time n
   return now - absl::FromUnixSeconds(last_handshake_sec) < within;
 }
 
-ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, WireGuard* wg,
+ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, Tunnel* tunnel,
                            Clock& clock, std::function<std::string()> worker_metrics)
     : options_(std::move(options)),
       registry_(registry),
       domain_(domain),
-      wg_(wg),
+      tunnel_(tunnel),
       clock_(clock),
       worker_metrics_(std::move(worker_metrics)),
       tickets_rotated_(clock.Now()),
-      host_addresses_(HostAddresses()) {}
+      host_addresses_(HostAddresses()) {
+  SyncPeers();
+}
+
+uint64_t ControlPlane::SyncPeers() {
+  if (tunnel_ == nullptr) return 0;
+  std::vector<Tunnel::Peer> peers;
+  for (const auto& [id, reg] : registry_.instances()) {
+    if (!reg.key) continue;
+    in_addr ip{};
+    inet_pton(AF_INET, reg.address.c_str(), &ip);
+    peers.push_back({*reg.key, ip});
+  }
+  peer_count_ = peers.size();
+  tunnel_->Want(std::move(peers), ++peers_gen_);
+  return peers_gen_;
+}
 
 bool ControlPlane::IsLocal(const std::string& address) const {
   in_addr v4{};
@@ -159,49 +175,13 @@ absl::Status ControlPlane::Poll() {
     tickets_.Rotate();
     tickets_rotated_ = clock_.Now();
   }
-  if (wg_ != nullptr) {
-    auto started = std::chrono::steady_clock::now();
-    auto device = wg_->GetDevice();
-    last_poll_seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    last_poll_unix_ = absl::ToUnixSeconds(clock_.Now());
-    ++polls_;
-    if (!device.ok()) {
-      ++poll_errors_;
-      // Keep the last known handshakes: an unreadable device must not flip every instance to unhealthy at once.
-      return absl::Status(device.status().code(), absl::StrCat("health poll: ", device.status().message()));
-    }
-    if (device->has_private_key) gateway_public_key_ = device->public_key.ToBase64();
-    absl::flat_hash_map<std::string, const WgPeer*> present;
-    handshakes_.clear();
-    for (const WgPeer& p : device->peers) {
-      std::string key = p.public_key.ToBase64();
-      handshakes_[key] = p.last_handshake_sec;
-      present[key] = &p;
-    }
-    absl::flat_hash_map<std::string, int> wanted;
-    for (const auto& [id, reg] : registry_.instances()) {
-      if (!reg.key) continue;
-      std::string key = reg.key->ToBase64();
-      wanted[key] = 1;
-      std::string allowed = absl::StrCat(reg.address, "/32");
-      auto it = present.find(key);
-      if (it == present.end() || it->second->allowed_ips != std::vector<std::string>{allowed}) {
-        in_addr ip{};
-        inet_pton(AF_INET, reg.address.c_str(), &ip);
-        if (auto s = wg_->SetPeer(*reg.key, ip); !s.ok()) {
-          ++peer_errors_;
-          Log("cannot set WireGuard peer of instance ", reg.id, ": ", s.message());
-        }
-      }
-    }
-    for (const auto& [key, peer] : present) {
-      if (wanted.contains(key) || options_.keep_unknown_peers) continue;
-      if (auto s = wg_->RemovePeer(peer->public_key); !s.ok()) {
-        ++peer_errors_;
-        Log("cannot remove unknown WireGuard peer ", key, ": ", s.message());
-      }
-    }
-    peer_count_ = wanted.size();
+  ++polls_;
+  last_poll_unix_ = absl::ToUnixSeconds(clock_.Now());
+  if (tunnel_ != nullptr) {
+    // Handshakes the device could not be read for are kept as last seen: they
+    // age, so the instances fall out of routing after --healthy-within, not at once.
+    tunnel_view_ = tunnel_->Read();
+    handshakes_ = tunnel_view_.handshakes;
   }
   return Publish();
 }
@@ -223,6 +203,7 @@ absl::Status ControlPlane::Reload() {
   tls_ = *std::move(tls);
   ++certificate_reloads_;
   ++registry_version_;
+  SyncPeers();
   return Poll();
 }
 
@@ -274,7 +255,7 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
     if (!it->is_string()) return Error(absl::InvalidArgumentError("'ports' must be a string such as \"8080,8443\""));
     ports = it->get<std::string>();
   }
-  if (!key.empty() && wg_ == nullptr) {
+  if (!key.empty() && tunnel_ == nullptr) {
     return Error(absl::FailedPreconditionError("no WireGuard interface is configured (--wg-interface)"));
   }
   if (key.empty()) {
@@ -296,17 +277,14 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
     Log("registered instance ", out->reg.id, " of app ", out->reg.app, " at ", out->reg.address,
         out->reg.is_static() ? " (static)" : "");
   }
-  if (wg_ != nullptr && out->reg.key) {
-    if (out->replaced_key) {
-      if (auto s = wg_->RemovePeer(*out->replaced_key); !s.ok()) ++peer_errors_;
-    }
-    in_addr ip{};
-    inet_pton(AF_INET, out->reg.address.c_str(), &ip);
-    if (auto s = wg_->SetPeer(*out->reg.key, ip); !s.ok()) {
-      ++peer_errors_;
-      return Error(absl::InternalError(
-          absl::StrCat("registered, but the WireGuard peer could not be set (retried on the next poll): ", s.message())));
-    }
+  // The peer is set by the tunnel's supervisor. A CVM dials as soon as it has
+  // the reply, so the reply waits (briefly) for the peer to be there; a tunnel
+  // being restored answers "pending" and the peer follows once it is back.
+  bool peer_set = true;
+  if (tunnel_ != nullptr && out->reg.key) {
+    uint64_t gen = out->changed ? SyncPeers() : peers_gen_;
+    peer_set = tunnel_->WaitApplied(gen, absl::Milliseconds(500));
+    tunnel_view_ = tunnel_->Read();
   }
   if (auto s = Publish(); !s.ok()) return Error(s);
   json reply = {{"app", out->reg.app},
@@ -317,7 +295,8 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
                 {"base_domains", options_.base_domains}};
   if (out->reg.is_static()) reply["ports"] = out->reg.ports.ToString();
   if (!out->reg.is_static()) {
-    reply["gateway_public_key"] = gateway_public_key_;
+    reply["wireguard_peer"] = peer_set ? "set" : "pending: the tunnel is being restored; the peer is set once it is back";
+    reply["gateway_public_key"] = tunnel_view_.public_key;
     reply["gateway_endpoint"] = options_.gateway_endpoint;
     reply["gateway_ip"] = IpText(registry_.pool().gateway());
   }
@@ -332,9 +311,9 @@ HttpResponse ControlPlane::Deregister(const HttpRequest& req) {
   if (!removed.ok()) return Error(removed.status());
   ++registry_version_;
   Log("deregistered instance ", removed->id, " of app ", removed->app);
-  if (wg_ != nullptr && removed->key) {
-    if (auto s = wg_->RemovePeer(*removed->key); !s.ok()) ++peer_errors_;
+  if (removed->key) {
     handshakes_.erase(removed->key->ToBase64());
+    SyncPeers();  // the supervisor removes the peer
   }
   if (auto s = Publish(); !s.ok()) return Error(s);
   return Json(200, {{"instance", removed->id}, {"app", removed->app}, {"removed", true}});
@@ -360,7 +339,7 @@ HttpResponse ControlPlane::List() {
   }
   return Json(200, {{"instances", instances},
                     {"healthy_within_s", absl::ToInt64Seconds(options_.healthy_within)},
-                    {"wireguard", wg_ ? std::string(wg_->backend()) : std::string("none")}});
+                    {"wireguard", tunnel_ ? tunnel_view_.backend : std::string("none")}});
 }
 
 HttpResponse ControlPlane::Explain(const HttpRequest& req) {
@@ -537,14 +516,28 @@ HttpResponse ControlPlane::Metrics() {
     absl::StrAppend(&out, "# HELP cvmgate_", name, " ", help, "\n# TYPE cvmgate_", name, " counter\ncvmgate_",
                     name, " ", value, "\n");
   };
+  const Tunnel::View& t = tunnel_view_;
   gauge("instances", "registered instances", registry_.instances().size());
   gauge("healthy_instances", "instances routable now", healthy_count_);
   gauge("wireguard_peers", "WireGuard peers the registry wants", peer_count_);
-  gauge("health_poll_duration_seconds", "duration of the last health poll", last_poll_seconds_);
   gauge("health_poll_last_timestamp_seconds", "unix time of the last health poll", last_poll_unix_);
   counter("health_polls_total", "health polls run", polls_);
-  counter("health_poll_errors_total", "health polls that could not read the device", poll_errors_);
-  counter("wireguard_peer_errors_total", "peer changes the WireGuard backend refused", peer_errors_);
+  if (tunnel_ != nullptr) {
+    gauge("wireguard_readable", "1 while the last read of the WireGuard device succeeded", t.readable);
+    gauge("wireguard_last_read_age_seconds", "time since the WireGuard device was last read",
+          t.last_read == absl::InfinitePast() ? -1 : absl::ToDoubleSeconds(clock_.Now() - t.last_read));
+    gauge("wireguard_read_duration_seconds", "duration of the last read of the WireGuard device", t.last_read_seconds);
+    counter("wireguard_reads_total", "reads of the WireGuard device that succeeded", t.reads);
+    counter("wireguard_read_failures_total", "reads of the WireGuard device that failed", t.read_failures);
+    counter("wireguard_peer_errors_total", "peer changes the WireGuard backend refused", t.peer_errors);
+    counter("wireguard_restores_total", "times the WireGuard interface was recreated and reconfigured", t.restores);
+    counter("wireguard_restore_failures_total", "tries to restore the WireGuard interface that failed",
+            t.restore_failures);
+    counter("wireguard_go_kills_total", "unresponsive wireguard-go processes killed to start another",
+            t.wireguard_go_kills);
+    gauge("wireguard_last_restore_seconds", "duration of the last restore of the WireGuard interface",
+          t.last_restore_seconds);
+  }
   counter("snapshot_publishes_total", "route snapshots published", publishes_);
   counter("certificate_loads_total", "times the --tls-cert files were loaded", certificate_reloads_);
   counter("ticket_key_rotations_total", "session-ticket keys made", tickets_.rotations());

@@ -14,7 +14,7 @@
 #include "control/admin_http.h"
 #include "control/registry.h"
 #include "control/snapshot.h"
-#include "control/wireguard/wireguard.h"
+#include "control/wireguard/supervisor.h"
 #include "dataplane/tls.h"
 
 namespace cvmgate {
@@ -48,14 +48,15 @@ struct ControlOptions {
 
 class ControlPlane {
  public:
-  // `wg` may be null: then only static instances can be registered.
+  // `tunnel` may be null: then only static instances can be registered.
   // `worker_metrics` returns the data plane's counters as Prometheus text.
-  ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, WireGuard* wg, Clock& clock,
+  ControlPlane(ControlOptions options, Registry& registry, SnapshotDomain& domain, Tunnel* tunnel, Clock& clock,
                std::function<std::string()> worker_metrics);
 
-  // Reads the peers and their handshakes, makes the WireGuard peers match the
-  // registry (adds missing ones, fixes allowed-ips, removes unknown ones unless
-  // told to keep them) and publishes a snapshot when routing changed.
+  // Takes the tunnel's latest reading (never waiting for WireGuard: its
+  // supervisor reads the device on a thread of its own), and publishes a
+  // snapshot when routing changed. A device that cannot be read keeps its last
+  // handshakes, which age: after --healthy-within its instances route nothing.
   absl::Status Poll();
   // Builds and publishes a snapshot when routing changed.
   absl::Status Publish();
@@ -82,6 +83,8 @@ class ControlPlane {
   HttpResponse Metrics();
   HttpResponse ReloadCertificates();
   int64_t LastHandshake(const Registration& reg) const;
+  // Hands the registry's CVM peers to the tunnel; returns their generation.
+  uint64_t SyncPeers();
   bool IsLocal(const std::string& address) const;
   // The first of `ports` at which `address` would reach one of this gateway's listeners, or 0.
   uint16_t OwnListenerPort(const std::string& address, const PortSet& ports) const;
@@ -89,7 +92,9 @@ class ControlPlane {
   ControlOptions options_;
   Registry& registry_;
   SnapshotDomain& domain_;
-  WireGuard* wg_;
+  Tunnel* tunnel_;
+  Tunnel::View tunnel_view_;  // the latest reading, taken by Poll()
+  uint64_t peers_gen_ = 0;
   Clock& clock_;
   std::function<std::string()> worker_metrics_;
   absl::flat_hash_map<std::string, int64_t> handshakes_;  // peer key (base64) -> last handshake, unix s
@@ -101,11 +106,7 @@ class ControlPlane {
   size_t healthy_count_ = 0;
   size_t peer_count_ = 0;
   uint64_t polls_ = 0;
-  uint64_t poll_errors_ = 0;
-  uint64_t peer_errors_ = 0;
-  double last_poll_seconds_ = 0;
   int64_t last_poll_unix_ = 0;
-  std::string gateway_public_key_;
   AppCounters app_counters_;
   TicketKeys tickets_;
   absl::Time tickets_rotated_;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -27,6 +29,7 @@
 #include "control/ip_pool.h"
 #include "control/registry.h"
 #include "control/snapshot.h"
+#include "control/wireguard/supervisor.h"
 #include "control/wireguard/wireguard.h"
 #include "dataplane/counters.h"
 #include "dataplane/log.h"
@@ -178,19 +181,30 @@ absl::StatusOr<WgKey> GatewayKey(const std::string& path) {
   return key;
 }
 
-absl::StatusOr<std::unique_ptr<WireGuard>> SetUpWireGuard(const Config& config) {
-  std::string prefix = config.wg_pool.substr(config.wg_pool.find('/'));
-  auto backend = EnsureInterface(config.wg_backend, config.wg_interface, config.wg_address + prefix);
+struct WireGuardSetUp {
+  std::unique_ptr<WireGuard> wg;
+  std::string backend;
+  WgKey private_key;
+};
+
+// Makes the interface (or adopts it) and gives it the gateway's key and port;
+// from then on its supervisor keeps it so.
+absl::StatusOr<WireGuardSetUp> SetUpWireGuard(const Config& config, const std::string& address_cidr) {
+  auto backend = EnsureInterface(config.wg_backend, config.wg_interface, address_cidr);
   if (!backend.ok()) return backend.status();
-  auto wg = OpenWireGuard(*backend, config.wg_interface);
+  auto wg = OpenWireGuard(*backend, config.wg_interface, kDefaultUapiDir, absl::Seconds(2));
   if (!wg.ok()) return wg.status();
   auto device = (*wg)->GetDevice();
   if (!device.ok()) return device.status();
+  WgKey key;
   if (!config.wg_private_key_file.empty()) {
-    auto key = GatewayKey(config.wg_private_key_file);
-    if (!key.ok()) return key.status();
-    if (auto s = (*wg)->Configure(*key, config.wg_listen_port); !s.ok()) return s;
-  } else if (!device->has_private_key) {
+    auto k = GatewayKey(config.wg_private_key_file);
+    if (!k.ok()) return k.status();
+    key = *k;
+    if (auto s = (*wg)->Configure(key, config.wg_listen_port); !s.ok()) return s;
+  } else if (device->has_private_key) {
+    key = device->private_key;  // an adopted interface's own: what it is given back if it must be recreated
+  } else {
     return absl::FailedPreconditionError(absl::StrCat("interface ", config.wg_interface,
                                                       " has no private key: give --wg-private-key-file"));
   }
@@ -198,7 +212,7 @@ absl::StatusOr<std::unique_ptr<WireGuard>> SetUpWireGuard(const Config& config) 
   if (!device.ok()) return device.status();
   Log("wireguard: interface ", config.wg_interface, " via ", (*wg)->backend(), ", public key ",
       device->public_key.ToBase64(), ", port ", device->listen_port, ", ", device->peers.size(), " peers");
-  return wg;
+  return WireGuardSetUp{*std::move(wg), *backend, key};
 }
 
 int64_t NowMs() {
@@ -258,14 +272,15 @@ int Main(int argc, char** argv) {
     Log(s.message());
     return 1;
   }
-  std::unique_ptr<WireGuard> wg;
+  const std::string wg_address_cidr = config.wg_address + config.wg_pool.substr(config.wg_pool.find('/'));
+  std::optional<WireGuardSetUp> wg_setup;
   if (!config.wg_interface.empty()) {
-    auto w = SetUpWireGuard(config);
+    auto w = SetUpWireGuard(config, wg_address_cidr);
     if (!w.ok()) {
       Log("wireguard: ", w.status().message());
       return 1;
     }
-    wg = *std::move(w);
+    wg_setup = *std::move(w);
   }
 
   // Signals are taken by this thread alone, through a signalfd; workers never see them.
@@ -275,6 +290,24 @@ int Main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // splice to a reset socket raises SIGPIPE; the relay sees EPIPE
   int sigfd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+
+  // The tunnel is kept on a thread of its own (started with the signals
+  // blocked, so they stay this thread's): no WireGuard call ever stalls the
+  // control loop, and a dead or deleted interface is brought back.
+  int tunnel_news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  std::unique_ptr<WireGuardSupervisor> supervisor;
+  if (wg_setup) {
+    WireGuardSupervisor::Options o;
+    o.ifname = config.wg_interface;
+    o.backend = config.wg_backend;
+    o.address_cidr = wg_address_cidr;
+    o.private_key = wg_setup->private_key;
+    o.listen_port = config.wg_listen_port;
+    o.keep_unknown_peers = config.wg_keep_unknown_peers;
+    o.poll_every = config.health_poll;
+    o.restart_after = config.wg_restart_after;
+    supervisor = std::make_unique<WireGuardSupervisor>(o, std::move(wg_setup->wg), SystemTunnelPlatform());
+  }
 
   uint32_t max_conns = MaxConnections(config, workers);
   uint32_t per_worker = (max_conns + workers - 1) / workers;
@@ -297,7 +330,16 @@ int Main(int argc, char** argv) {
                          config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation,
                          config.proxy_protocol, {}};
   for (const ListenAddress& l : config.listen) options.listeners.push_back(l.addr);
-  ControlPlane control(options, registry, domain, wg.get(), clock, [&] { return WorkerMetrics(pool, reloads); });
+  ControlPlane control(options, registry, domain, supervisor.get(), clock,
+                       [&] { return WorkerMetrics(pool, reloads); });
+  if (supervisor) {
+    // The first reading, with the registry's peers set, before the first routes.
+    supervisor->Step(absl::Now());
+    if (auto s = supervisor->Start(tunnel_news); !s.ok()) {
+      Log(s.message());
+      return 1;
+    }
+  }
   if (auto s = control.LoadCertificates(); !s.ok()) {
     Log(s.message());
     return 1;
@@ -325,16 +367,18 @@ int Main(int argc, char** argv) {
   const int64_t poll_every_ms = absl::ToInt64Milliseconds(config.health_poll);
   int64_t next_poll = NowMs() + poll_every_ms;
   for (bool running = true; running;) {
-    std::vector<pollfd> fds = {{sigfd, POLLIN, 0}};
+    std::vector<pollfd> fds = {{sigfd, POLLIN, 0}, {tunnel_news, POLLIN, 0}};
     (*admin)->AppendPollFds(fds);
     int64_t wait = std::clamp<int64_t>(next_poll - NowMs(), 0, 1000);
     poll(fds.data(), fds.size(), static_cast<int>(wait));
     int64_t now = NowMs();
     domain.Reclaim();
     (*admin)->OnReady(fds, now);
-    if (now >= next_poll) {
+    uint64_t news = 0;
+    bool tunnel_read = read(tunnel_news, &news, sizeof(news)) == sizeof(news);
+    if (now >= next_poll || tunnel_read) {
       if (auto s = control.Poll(); !s.ok()) Log(s.message());
-      next_poll = now + poll_every_ms;
+      if (now >= next_poll) next_poll = now + poll_every_ms;
     }
     signalfd_siginfo si;
     while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
@@ -358,6 +402,7 @@ int Main(int argc, char** argv) {
   }
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
+  if (supervisor) supervisor->Stop();
   PrintCounters(pool, reloads, domain);
   Log("stopped");
   return 0;

@@ -133,10 +133,14 @@ nlmsghdr* PutWgGetDevice(char* buf, uint16_t family, const std::string& ifname) 
 }
 
 nlmsghdr* PutWgSetPeer(char* buf, uint16_t family, const std::string& ifname, const WgKey& public_key,
-                       const in_addr& ip) {
+                       const in_addr& ip, const sockaddr_storage* endpoint) {
   nlmsghdr* nlh = PutWgHeader(buf, family, WG_CMD_SET_DEVICE, 0, ifname);
   nlattr* peers = mnl_attr_nest_start(nlh, WGDEVICE_A_PEERS);
   nlattr* peer = StartPeer(nlh, public_key, WGPEER_F_REPLACE_ALLOWEDIPS);
+  if (endpoint != nullptr) {
+    mnl_attr_put(nlh, WGPEER_A_ENDPOINT,
+                 endpoint->ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in), endpoint);
+  }
   nlattr* ips = mnl_attr_nest_start(nlh, WGPEER_A_ALLOWEDIPS);
   nlattr* one = mnl_attr_nest_start(nlh, 0);
   mnl_attr_put_u16(nlh, WGALLOWEDIP_A_FAMILY, AF_INET);
@@ -185,8 +189,8 @@ absl::Status WgDumpParser::Add(const nlmsghdr* nlh) {
         device_.ifname = mnl_attr_get_str(attr);
         break;
       case WGDEVICE_A_PRIVATE_KEY:
-        // Only its presence matters; the key itself is not kept.
         device_.has_private_key = mnl_attr_get_payload_len(attr) == WG_KEY_LEN;
+        if (device_.has_private_key) memcpy(device_.private_key.bytes.data(), mnl_attr_get_payload(attr), WG_KEY_LEN);
         break;
       case WGDEVICE_A_PUBLIC_KEY:
         if (mnl_attr_get_payload_len(attr) != WG_KEY_LEN) {
@@ -277,12 +281,14 @@ class NetlinkWireGuard final : public WireGuard {
                                            " dumps in a row; try again"));
   }
 
-  absl::Status SetPeer(const WgKey& public_key, const in_addr& ip) override {
+  using WireGuard::SetPeer;
+  absl::Status SetPeer(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) override {
     alignas(nlmsghdr) char buf[kNlRequestBuffer];
     char text[INET_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET, &ip, text, sizeof(text));
+    std::optional<sockaddr_storage> where = endpoint.empty() ? std::nullopt : ParseEndpoint(endpoint);
     return sock_.Transact(
-        PutWgSetPeer(buf, family_, ifname_, public_key, ip),
+        PutWgSetPeer(buf, family_, ifname_, public_key, ip, where ? &*where : nullptr),
         absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", text, "/32) on ", ifname_));
   }
 

@@ -18,9 +18,9 @@ namespace cvmgate {
 // returns it; NlSocket::Transact fills in its sequence number. `family` is
 // the id the kernel gave the "wireguard" generic-netlink family.
 nlmsghdr* PutWgGetDevice(char* buf, uint16_t family, const std::string& ifname);
-// One peer, WGPEER_F_REPLACE_ALLOWEDIPS, allowed-ips exactly ip/32.
+// One peer, WGPEER_F_REPLACE_ALLOWEDIPS, allowed-ips exactly ip/32, and its endpoint when given.
 nlmsghdr* PutWgSetPeer(char* buf, uint16_t family, const std::string& ifname, const WgKey& public_key,
-                       const in_addr& ip);
+                       const in_addr& ip, const sockaddr_storage* endpoint = nullptr);
 // One peer, WGPEER_F_REMOVE_ME.
 nlmsghdr* PutWgRemovePeer(char* buf, uint16_t family, const std::string& ifname, const WgKey& public_key);
 nlmsghdr* PutWgConfigure(char* buf, uint16_t family, const std::string& ifname, const WgKey& private_key,

@@ -71,11 +71,12 @@ bool ParseNumber(std::string_view text, T* out) {
 
 std::string UapiGetRequest() { return "get=1\n\n"; }
 
-std::string UapiSetPeerRequest(const WgKey& public_key, const in_addr& ip) {
+std::string UapiSetPeerRequest(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) {
   char text[INET_ADDRSTRLEN] = "";
   inet_ntop(AF_INET, &ip, text, sizeof(text));
-  return absl::StrCat("set=1\npublic_key=", public_key.ToHex(), "\nreplace_allowed_ips=true\nallowed_ip=", text,
-                      "/32\n\n");
+  return absl::StrCat("set=1\npublic_key=", public_key.ToHex(),
+                      endpoint.empty() ? "" : absl::StrCat("\nendpoint=", AbslView(endpoint)),
+                      "\nreplace_allowed_ips=true\nallowed_ip=", text, "/32\n\n");
 }
 
 std::string UapiRemovePeerRequest(const WgKey& public_key) {
@@ -110,6 +111,7 @@ absl::StatusOr<WgDevice> ParseUapiGetReply(std::string_view reply, const std::st
             auto pub = PublicKeyFromPrivate(*k);
             if (!pub.ok()) return pub.status();
             device.public_key = *pub;
+            device.private_key = *k;
             device.has_private_key = true;
           } else if (key == "listen_port") {
             uint32_t port = 0;
@@ -220,10 +222,11 @@ class UapiWireGuard final : public WireGuard {
     return device;
   }
 
-  absl::Status SetPeer(const WgKey& public_key, const in_addr& ip) override {
+  using WireGuard::SetPeer;
+  absl::Status SetPeer(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) override {
     char text[INET_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET, &ip, text, sizeof(text));
-    return Set(UapiSetPeerRequest(public_key, ip),
+    return Set(UapiSetPeerRequest(public_key, ip, endpoint),
                absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", text, "/32) on ", ifname_));
   }
 

@@ -17,8 +17,8 @@ namespace cvmgate {
 
 // Requests, each a whole message ending in an empty line.
 std::string UapiGetRequest();
-// replace_allowed_ips=true, then exactly one allowed_ip=<ip>/32.
-std::string UapiSetPeerRequest(const WgKey& public_key, const in_addr& ip);
+// replace_allowed_ips=true, then exactly one allowed_ip=<ip>/32; the endpoint when one is given.
+std::string UapiSetPeerRequest(const WgKey& public_key, const in_addr& ip, std::string_view endpoint = "");
 std::string UapiRemovePeerRequest(const WgKey& public_key);
 std::string UapiConfigureRequest(const WgKey& private_key, uint16_t listen_port);
 

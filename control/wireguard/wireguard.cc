@@ -2,6 +2,7 @@
 #include "control/wireguard/wireguard.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <poll.h>
@@ -9,7 +10,9 @@
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -77,36 +80,43 @@ bool IsSocket(const std::string& path) {
   return stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
-std::string ReadTail(int fd, size_t max) {
-  off_t size = lseek(fd, 0, SEEK_END);
-  if (size <= 0) return "";
-  off_t from = size > static_cast<off_t>(max) ? size - static_cast<off_t>(max) : 0;
-  std::string out(static_cast<size_t>(size - from), '\0');
-  ssize_t n = pread(fd, out.data(), out.size(), from);
-  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
-  return std::string(absl::StripAsciiWhitespace(out));
+// The pid of the process listening on the Unix socket at `path`, or -1.
+// wireguard-go in the foreground listens itself, so this is its pid.
+pid_t UapiServerPid(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return -1;
+  memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  pid_t pid = -1;
+  ucred cred{};
+  socklen_t len = sizeof(cred);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    pid = cred.pid;
+  }
+  close(fd);
+  return pid;
 }
 
-// Runs `wireguard-go IFNAME` in the calling thread's network namespace and
-// waits for its UAPI socket to answer.
+// Runs `wireguard-go IFNAME` in the calling thread's network namespace, in
+// the foreground as cvmgate's child, and waits for its UAPI socket to answer.
+// A child, unlike a daemon that detaches, is watched and restarted when it
+// dies; in its own session it outlives cvmgate, so a restarted cvmgate adopts
+// it with every tunnel up. Its output (errors only, unless LOG_LEVEL says
+// otherwise) goes to cvmgate's stderr.
 absl::Status StartWireguardGo(const std::string& ifname) {
   const absl::Time deadline = absl::Now() + kWireguardGoStart;
-  // Its output goes to a memory file, read back for the error text: a pipe
-  // could be inherited by the daemon and never reach EOF.
-  int out = memfd_create("wireguard-go-output", MFD_CLOEXEC);
-  if (out < 0) return absl::UnavailableError(absl::StrCat("memfd_create: ", strerror(errno)));
-
   std::vector<std::string> env_text;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view v(*e);
-    // LOG_LEVEL would make the daemon keep writing to our memory file;
-    // WG_PROCESS_FOREGROUND would keep it from daemonizing.
-    if (v.starts_with("LOG_LEVEL=") || v.starts_with("WG_PROCESS_FOREGROUND=") ||
-        v.starts_with("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=")) {
+    if (v.starts_with("WG_PROCESS_FOREGROUND=") || v.starts_with("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=")) {
       continue;
     }
     env_text.emplace_back(v);
   }
+  env_text.emplace_back("WG_PROCESS_FOREGROUND=1");
   // wireguard-go refuses to start when it believes the kernel has WireGuard,
   // which it judges by the kernel version alone.
   env_text.emplace_back("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1");
@@ -118,14 +128,24 @@ absl::Status StartWireguardGo(const std::string& ifname) {
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out, 1);
-  posix_spawn_file_actions_adddup2(&actions, out, 2);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, STDERR_FILENO, STDOUT_FILENO);
+  // The caller's thread blocks the daemon's signals (they are read from a
+  // signalfd) and the daemon ignores SIGPIPE: the child gets neither.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGPIPE, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSID);
   pid_t pid = -1;
-  int err = posix_spawnp(&pid, "wireguard-go", &actions, nullptr, argv, envp.data());
+  int err = posix_spawnp(&pid, "wireguard-go", &actions, &attr, argv, envp.data());
   posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
   if (err != 0) {
-    close(out);
     if (err == ENOENT) {
       return absl::NotFoundError(
           "wireguard-go is not installed (not found in PATH): install it (apt-get install wireguard-go) or use a "
@@ -134,55 +154,45 @@ absl::Status StartWireguardGo(const std::string& ifname) {
     return absl::UnavailableError(absl::StrCat("cannot start wireguard-go: ", strerror(err)));
   }
 
-  // The first process exits once the daemon it forks has the interface.
-  int pidfd = PidfdOpen(pid);
-  bool exited = false;
-  if (pidfd >= 0) {
-    for (;;) {
-      int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-      pollfd pfd{pidfd, POLLIN, 0};
-      int n = left_ms > 0 ? poll(&pfd, 1, static_cast<int>(left_ms)) : 0;
-      if (n < 0 && errno == EINTR) continue;
-      exited = n > 0;
-      break;
-    }
-    close(pidfd);
-  }
-  if (!exited) kill(pid, SIGKILL);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  std::string output = ReadTail(out, 2000);
-  close(out);
-  if (!exited) {
-    return absl::DeadlineExceededError(absl::StrCat("wireguard-go ", ifname, " did not start within ",
-                                                    absl::FormatDuration(kWireguardGoStart), "; its output: ", output));
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return absl::UnavailableError(absl::StrCat("wireguard-go ", ifname, " failed (",
-                                               WIFEXITED(status) ? absl::StrCat("exit status ", WEXITSTATUS(status))
-                                                                 : absl::StrCat("signal ", WTERMSIG(status)),
-                                               "): ", output));
-  }
-
   const std::string path = UapiPath(kDefaultUapiDir, ifname);
+  int pidfd = PidfdOpen(pid);
   absl::Status last;
   for (;;) {
-    auto probe = OpenUapiWireGuard(ifname, path, absl::Seconds(1));
-    if (probe.ok()) return absl::OkStatus();
-    last = probe.status();
+    pollfd pfd{pidfd, POLLIN, 0};
+    if (pidfd >= 0 && poll(&pfd, 1, 0) > 0) {
+      close(pidfd);
+      int status = 0;
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "wireguard-go ", ifname, " exited (",
+          WIFEXITED(status) ? absl::StrCat("status ", WEXITSTATUS(status)) : absl::StrCat("signal ", WTERMSIG(status)),
+          ") before its socket answered; its output is in cvmgate's log just above"));
+    }
+    // The socket's path is not namespaced: only an answer from this child counts.
+    pid_t server = UapiServerPid(path);
+    if (server == pid) {
+      if (pidfd >= 0) close(pidfd);
+      return absl::OkStatus();
+    }
+    last = server < 0 ? absl::UnavailableError(absl::StrCat("nothing answers at ", path))
+                      : absl::FailedPreconditionError(absl::StrCat(path, " is served by another process (pid ", server,
+                                                                   "): another wireguard-go with this name?"));
     if (absl::Now() >= deadline) break;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  return absl::DeadlineExceededError(absl::StrCat("wireguard-go ", ifname,
-                                                  " started, but its socket did not answer within ",
+  if (pidfd >= 0) close(pidfd);
+  kill(pid, SIGKILL);
+  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return absl::DeadlineExceededError(absl::StrCat("wireguard-go ", ifname, " started, but its socket did not answer within ",
                                                   absl::FormatDuration(kWireguardGoStart), ": ", last.message()));
 }
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WireGuard>> OpenWireGuard(const std::string& backend, const std::string& ifname,
-                                                         const std::string& uapi_dir) {
+                                                         const std::string& uapi_dir, absl::Duration uapi_timeout) {
   if (absl::Status st = CheckBackend(backend); !st.ok()) return st;
   if (absl::Status st = CheckIfname(ifname); !st.ok()) return st;
   absl::Status netlink_failure;
@@ -206,7 +216,7 @@ absl::StatusOr<std::unique_ptr<WireGuard>> OpenWireGuard(const std::string& back
                           absl::StrCat("WireGuard backend netlink for ", ifname, ": ", netlink_failure.message()));
     }
   }
-  auto wg = OpenUapiWireGuard(ifname, UapiPath(uapi_dir, ifname));
+  auto wg = OpenUapiWireGuard(ifname, UapiPath(uapi_dir, ifname), uapi_timeout);
   if (wg.ok() || backend == "uapi") return wg;
   return absl::Status(wg.status().code(), absl::StrCat("no WireGuard backend for ", ifname, ": netlink: ",
                                                        netlink_failure.message(), "; uapi: ", wg.status().message()));
@@ -275,6 +285,74 @@ absl::StatusOr<std::string> EnsureInterface(const std::string& backend, const st
   if (absl::Status st = AddAddress(*rtnl, *link, ifname, addr, prefix_len); !st.ok()) return st;
   if (absl::Status st = SetLinkUp(*rtnl, *link, ifname); !st.ok()) return st;
   return created;
+}
+
+std::optional<sockaddr_storage> ParseEndpoint(std::string_view text) {
+  sockaddr_storage ss{};
+  size_t colon = text.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string_view::npos || !absl::SimpleAtoi(AbslView(text.substr(colon + 1)), &port) || port == 0 ||
+      port > 65535) {
+    return std::nullopt;
+  }
+  std::string host(text.substr(0, colon));
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+    host = host.substr(0, host.find('%'));  // a scope is dropped: the kernel reports one only for link-local
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) != 1) return std::nullopt;
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    return ss;
+  }
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) != 1) return std::nullopt;
+  v4->sin_family = AF_INET;
+  v4->sin_port = htons(static_cast<uint16_t>(port));
+  return ss;
+}
+
+absl::StatusOr<bool> LinkExists(const std::string& ifname) {
+  auto rtnl = NlSocket::Open(NETLINK_ROUTE);
+  if (!rtnl.ok()) return rtnl.status();
+  auto link = GetLink(*rtnl, ifname);
+  if (link.ok()) return true;
+  if (absl::IsNotFound(link.status())) return false;
+  return link.status();
+}
+
+pid_t FindWireguardGo(const std::string& ifname) {
+  struct stat own;
+  if (stat("/proc/thread-self/ns/net", &own) != 0) return -1;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  pid_t found = -1;
+  while (dirent* e = readdir(proc)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid) || pid <= 0) continue;
+    std::string base = absl::StrCat("/proc/", pid);
+    int fd = open((base + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[512];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) continue;  // a kernel thread, or a zombie
+    // argv is NUL-separated: wireguard-go [-f|--foreground] IFNAME
+    std::vector<std::string_view> argv;
+    for (std::string_view rest(buf, static_cast<size_t>(n)); !rest.empty();) {
+      size_t nul = rest.find('\0');
+      argv.push_back(rest.substr(0, nul));
+      rest.remove_prefix(nul == std::string_view::npos ? rest.size() : nul + 1);
+    }
+    std::string_view prog = argv[0].substr(argv[0].rfind('/') == std::string_view::npos ? 0 : argv[0].rfind('/') + 1);
+    if (prog != "wireguard-go" || argv.back() != ifname) continue;
+    struct stat ns;
+    if (stat((base + "/ns/net").c_str(), &ns) != 0 || ns.st_ino != own.st_ino || ns.st_dev != own.st_dev) continue;
+    found = pid;
+    break;
+  }
+  closedir(proc);
+  return found;
 }
 
 }  // namespace cvmgate

@@ -2,16 +2,20 @@
 #pragma once
 
 #include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace cvmgate {
 
@@ -47,6 +51,7 @@ struct WgDevice {
   std::string ifname;
   WgKey public_key;  // meaningful only when has_private_key
   bool has_private_key = false;
+  WgKey private_key;  // likewise: what a recreated interface is given again
   uint16_t listen_port = 0;
   std::vector<WgPeer> peers;
 };
@@ -57,8 +62,12 @@ class WireGuard {
   virtual ~WireGuard() = default;
   virtual std::string_view backend() const = 0;  // "netlink" or "uapi"
   virtual absl::StatusOr<WgDevice> GetDevice() = 0;
-  // Adds the peer or updates it; its allowed-ips become exactly ip/32.
-  virtual absl::Status SetPeer(const WgKey& public_key, const in_addr& ip) = 0;
+  // Adds the peer or updates it; its allowed-ips become exactly ip/32. A
+  // non-empty `endpoint` ("192.0.2.2:51820", "[2001:db8::2]:51820") is where
+  // to reach it before it speaks first: an interface recreated with its peers'
+  // last endpoints can start their handshakes itself.
+  virtual absl::Status SetPeer(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) = 0;
+  absl::Status SetPeer(const WgKey& public_key, const in_addr& ip) { return SetPeer(public_key, ip, ""); }
   // Removing a peer the device does not have succeeds.
   virtual absl::Status RemovePeer(const WgKey& public_key) = 0;
   virtual absl::Status Configure(const WgKey& private_key, uint16_t listen_port) = 0;
@@ -71,8 +80,10 @@ inline constexpr char kDefaultUapiDir[] = "/var/run/wireguard";
 // <uapi_dir>/<ifname>.sock) or "auto" (netlink when the kernel has the
 // "wireguard" generic-netlink family and ifname is a kernel WireGuard link,
 // else uapi when its socket answers). Errors say what was tried and why it failed.
+// Each UAPI request has `uapi_timeout` to complete.
 absl::StatusOr<std::unique_ptr<WireGuard>> OpenWireGuard(const std::string& backend, const std::string& ifname,
-                                                         const std::string& uapi_dir = kDefaultUapiDir);
+                                                         const std::string& uapi_dir = kDefaultUapiDir,
+                                                         absl::Duration uapi_timeout = absl::Seconds(10));
 
 // Makes sure `ifname` exists in the calling thread's network namespace and
 // returns the backend that drives it ("netlink" or "uapi"). A missing
@@ -83,5 +94,16 @@ absl::StatusOr<std::unique_ptr<WireGuard>> OpenWireGuard(const std::string& back
 // when it lacks it.
 absl::StatusOr<std::string> EnsureInterface(const std::string& backend, const std::string& ifname,
                                             const std::string& address_cidr);
+
+// "192.0.2.2:51820" or "[2001:db8::2]:51820" as a socket address; nullopt when it is neither.
+std::optional<sockaddr_storage> ParseEndpoint(std::string_view text);
+
+// Whether the calling thread's network namespace has a link named `ifname`
+// (an error only when rtnetlink cannot be asked).
+absl::StatusOr<bool> LinkExists(const std::string& ifname);
+
+// The wireguard-go process serving `ifname` in the calling thread's network
+// namespace (the one cvmgate started, or one it adopted), or -1.
+pid_t FindWireguardGo(const std::string& ifname);
 
 }  // namespace cvmgate

@@ -109,14 +109,27 @@ class Topology:
            "%s:%d" % (GW_UNDERLAY[cvm][0], WG_PORT), "allowed-ips", "10.0.0.1/32", "persistent-keepalive", "1")
 
     def close(self):
-        for ifname in [self.gw_if] + list(self.cvm_if.values()):
-            subprocess.run(["pkill", "-f", "wireguard-go %s" % ifname], capture_output=True)
+        # The UAPI socket's path is not namespaced: the next test's interface of
+        # the same name must not find these still answering there.
+        ifnames = [self.gw_if] + list(self.cvm_if.values())
+        for ifname in ifnames:
+            subprocess.run(["pkill", "-f", "^wireguard-go %s$" % ifname], capture_output=True)
+        for ifname in ifnames:
+            peers.wait_until(lambda: subprocess.run(["pgrep", "-f", "^wireguard-go %s$" % ifname],
+                                                    capture_output=True).returncode != 0,
+                             10, "wireguard-go %s to exit" % ifname)
+            try:
+                os.unlink("/var/run/wireguard/%s.sock" % ifname)
+            except FileNotFoundError:
+                pass
         for ns in [self.gw] + list(self.cvms.values()):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 @pytest.fixture
 def topo(tmp_path):
+    """Tests take it before make_gateway: the gateway then stops first, and cannot restart the
+    wireguard-go this teardown stops."""
     t = Topology(tmp_path)
     yield t
     t.close()
@@ -157,7 +170,7 @@ def through_gateway(gw, topo, ident, payload=b"ping"):
     return banner[len("instance="):]
 
 
-def test_cvms_over_wireguard_health_and_deregistration(make_gateway, ctl_bin, topo, tls_cert):
+def test_cvms_over_wireguard_health_and_deregistration(topo, make_gateway, ctl_bin, tls_cert):
     gw = start_gateway(make_gateway, topo)
     servers = {}
     gateway_key = None
@@ -204,6 +217,139 @@ def test_cvms_over_wireguard_health_and_deregistration(make_gateway, ctl_bin, to
             assert through_gateway(again, topo, "app") == "cvm1"
         finally:
             again.kill()
+    finally:
+        for s in servers.values():
+            s.close()
+
+
+# ---------------------------------------------------------------- a dying tunnel
+
+
+def gateway_wireguard_go(topo):
+    """The pid of the gateway's wireguard-go, or None."""
+    p = subprocess.run(["pgrep", "-f", "^wireguard-go %s$" % topo.gw_if], capture_output=True, text=True)
+    pids = [int(x) for x in p.stdout.split()]
+    return pids[0] if pids else None
+
+
+def metric(ctl_bin, gw, name):
+    p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock"), "metrics"],
+                       capture_output=True, text=True, timeout=10)
+    for line in p.stdout.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no metric %s in:\n%s" % (name, p.stdout))
+
+
+def up_with_two_cvms(topo, make_gateway, ctl_bin, tls_cert, extra=()):
+    gw = start_gateway(make_gateway, topo, extra)
+    servers, gateway_key = {}, None
+    for cvm in ("cvm1", "cvm2"):
+        reply = ctl_json(ctl_bin, gw, "register", "--app", "app", "--instance", cvm, "--public-key", topo.keys[cvm])
+        gateway_key = reply["gateway_public_key"]
+        topo.start_cvm_wireguard(cvm, gateway_key, reply["ip"])
+        with in_netns(topo.cvms[cvm]):
+            servers[cvm] = peers.Backend(reply["ip"], SERVICE_PORT, cvm, tls_cert[0], tls_cert[1], "echo")
+    peers.wait_until(lambda: health(ctl_bin, gw) == {"cvm1": True, "cvm2": True}, 20, "both CVMs to handshake")
+    assert {through_gateway(gw, topo, cvm) for cvm in ("cvm1", "cvm2")} == {"cvm1", "cvm2"}
+    return gw, servers, gateway_key
+
+
+def recovered(gw, topo, gateway_key, seconds):
+    """Waits until both CVMs are reached through the gateway again; returns how long that took."""
+    started = time.monotonic()
+
+    def both():
+        try:
+            return {through_gateway(gw, topo, cvm) for cvm in ("cvm1", "cvm2")} == {"cvm1", "cvm2"}
+        except (AssertionError, OSError):
+            return False
+    peers.wait_until(both, seconds, "both CVMs reachable through the restored tunnel", interval=0.1)
+    with in_netns(topo.gw):
+        dump = sh("wg", "show", topo.gw_if, "dump").splitlines()
+        addresses = sh("ip", "-4", "addr", "show", topo.gw_if)
+    device, peer_lines = dump[0].split("\t"), [l.split("\t") for l in dump[1:]]
+    assert device[1] == gateway_key and device[2] == str(WG_PORT), device  # the same key and port
+    assert {(p[0], p[3]) for p in peer_lines} >= {(topo.keys["cvm1"], "10.0.0.2/32"),
+                                                  (topo.keys["cvm2"], "10.0.0.3/32")}, peer_lines
+    assert "10.0.0.1/8" in addresses, addresses
+    return time.monotonic() - started
+
+
+@pytest.mark.skipif(WG_KIND != "uapi", reason="wireguard-go runs where the kernel has no WireGuard: the kernel "
+                    "suite deletes the kernel interface instead (test_a_deleted_interface_is_recreated)")
+def test_a_killed_wireguard_go_is_restarted_with_every_peer(topo, make_gateway, ctl_bin, tls_cert):
+    gw, servers, gateway_key = up_with_two_cvms(topo, make_gateway, ctl_bin, tls_cert)
+    try:
+        old = gateway_wireguard_go(topo)
+        assert old is not None
+        killed_at = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        took = recovered(gw, topo, gateway_key, 20)
+        new = gateway_wireguard_go(topo)
+        assert new is not None and new != old, (old, new)
+        gw.wait_line(lambda l: "wireguard-go of %s (pid %d) exited (signal 9)" % (topo.gw_if, old) in l,
+                     0, 5, "the exit logged")
+        gw.wait_line(lambda l: "%s restored in" % topo.gw_if in l, 0, 5, "the restore logged")
+        assert metric(ctl_bin, gw, "cvmgate_wireguard_restores_total") >= 1
+        assert health(ctl_bin, gw) == {"cvm1": True, "cvm2": True}, "the handshakes seen before still count"
+        print("recovered from kill -9 of wireguard-go in %.2f s (%.2f s after the first retry)"
+              % (time.monotonic() - killed_at, took))
+    finally:
+        for s in servers.values():
+            s.close()
+
+
+@pytest.mark.skipif(WG_KIND != "uapi", reason="wireguard-go runs where the kernel has no WireGuard")
+def test_a_stopped_wireguard_go_never_stalls_the_admin_api_and_is_replaced(topo, make_gateway, ctl_bin, tls_cert):
+    gw, servers, gateway_key = up_with_two_cvms(topo, make_gateway, ctl_bin, tls_cert, ["--wg-restart-after", "4s"])
+    stopped = gateway_wireguard_go(topo)
+    try:
+        os.kill(stopped, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        slowest, late_key = 0.0, None
+        while time.monotonic() - stopped_at < 6:
+            for args in (["list"], ["explain", sni_name("app", SERVICE_PORT)], ["metrics"]):
+                started = time.monotonic()
+                p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock")] + args,
+                                   capture_output=True, text=True, timeout=10)
+                slowest = max(slowest, time.monotonic() - started)
+                assert p.returncode == 0, p
+            if late_key is None:
+                late_key = sh("sh", "-c", "wg genkey | wg pubkey")
+                started = time.monotonic()
+                reply = ctl_json(ctl_bin, gw, "register", "--app", "late", "--instance", "late-1", "--public-key",
+                                 late_key)
+                slowest = max(slowest, time.monotonic() - started)
+                assert reply["wireguard_peer"].startswith("pending"), reply
+            time.sleep(0.2)  # pacing of the probes, not synchronisation
+        assert slowest < 1.0, "an admin request took %.2f s while wireguard-go was stopped" % slowest
+        gw.wait_line(lambda l: "(pid %d) answered nothing for" % stopped in l, 0, 15, "the stuck wireguard-go killed")
+        recovered_in = recovered(gw, topo, gateway_key, 20)
+        assert gateway_wireguard_go(topo) not in (None, stopped)
+        assert metric(ctl_bin, gw, "cvmgate_wireguard_go_kills_total") >= 1
+        with in_netns(topo.gw):
+            assert late_key in sh("wg", "show", topo.gw_if, "peers"), "the peer registered meanwhile was set"
+        print("admin requests answered within %.3f s while stopped; both CVMs reached again %.1f s after SIGSTOP "
+              "(%.2f s after the first try once it was killed)" % (slowest, time.monotonic() - stopped_at, recovered_in))
+    finally:
+        try:
+            os.kill(stopped, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for s in servers.values():
+            s.close()
+
+
+def test_a_deleted_interface_is_recreated(topo, make_gateway, ctl_bin, tls_cert):
+    gw, servers, gateway_key = up_with_two_cvms(topo, make_gateway, ctl_bin, tls_cert)
+    try:
+        deleted_at = time.monotonic()
+        sh("ip", "-n", topo.gw, "link", "del", topo.gw_if)
+        recovered(gw, topo, gateway_key, 60 if WG_KIND == "kernel" else 20)
+        gw.wait_line(lambda l: "%s restored in" % topo.gw_if in l, 0, 5, "the restore logged")
+        assert metric(ctl_bin, gw, "cvmgate_wireguard_restores_total") >= 1
+        print("recovered from a deleted %s interface in %.2f s" % (WG_KIND, time.monotonic() - deleted_at))
     finally:
         for s in servers.values():
             s.close()

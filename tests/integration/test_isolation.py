@@ -76,7 +76,7 @@ def open_up_cvm(topo, cvm, gateway_key):
     sh("ip", "-n", ns, "rule", "add", "to", "127.0.0.0/8", "lookup", "100", "pref", "10")
 
 
-def test_cvms_are_isolated_from_each_other_and_from_the_host(make_gateway, ctl_bin, topo, tls_cert, tmp_path):  # noqa: F811
+def test_cvms_are_isolated_from_each_other_and_from_the_host(topo, make_gateway, ctl_bin, tls_cert, tmp_path):  # noqa: F811
     token = tmp_path / "admin.token"
     token.write_text("s3cret-token\n")
     gw = start_gateway(make_gateway, topo, extra=["--admin", "tcp:127.0.0.1:%d" % ADMIN_PORT,

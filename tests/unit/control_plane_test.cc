@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "nlohmann/json.hpp"
+#include "tests/common/fake_tunnel.h"
 
 namespace cvmgate {
 namespace {
@@ -22,36 +23,6 @@ class FakeClock : public Clock {
  public:
   absl::Time Now() override { return now; }
   absl::Time now = absl::FromUnixSeconds(1'800'000'000);
-};
-
-// Peers live in a map; handshakes are set by the test.
-class FakeWireGuard : public WireGuard {
- public:
-  std::string_view backend() const override { return "fake"; }
-  absl::StatusOr<WgDevice> GetDevice() override {
-    ++gets;
-    WgDevice d;
-    d.has_private_key = true;
-    for (auto& [k, p] : peers) d.peers.push_back(p);
-    return d;
-  }
-  absl::Status SetPeer(const WgKey& key, const in_addr& ip) override {
-    WgPeer& p = peers[key.ToBase64()];
-    p.public_key = key;
-    char buf[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &ip, buf, sizeof(buf));
-    p.allowed_ips = {std::string(buf) + "/32"};
-    ++sets;
-    return absl::OkStatus();
-  }
-  absl::Status RemovePeer(const WgKey& key) override {
-    peers.erase(key.ToBase64());
-    return absl::OkStatus();
-  }
-  absl::Status Configure(const WgKey&, uint16_t) override { return absl::OkStatus(); }
-  std::map<std::string, WgPeer> peers;
-  int gets = 0;
-  int sets = 0;
 };
 
 ControlOptions Options() {
@@ -72,7 +43,7 @@ class ControlPlaneTest : public ::testing::Test {
       : dir_(std::filesystem::temp_directory_path() / ("cvmgate-cp-" + std::to_string(getpid()))),
         registry_(*IpPool::Create("10.0.0.0/8", "10.0.0.1"), (dir_ / "state.json").string()),
         domain_(1, *RouteSnapshot::Build({})),
-        control_(Options(), registry_, domain_, &wg_, clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
+        control_(Options(), registry_, domain_, &tunnel_, clock_, [] { return std::string("cvmgate_accepted_total 7\n"); }) {
     std::filesystem::create_directories(dir_);
   }
   ~ControlPlaneTest() override { std::filesystem::remove_all(dir_); }
@@ -92,13 +63,13 @@ class ControlPlaneTest : public ::testing::Test {
     return Call("POST", "/v1/register", {{"app", app}, {"instance", id}, {"public_key", key}}, {}, want);
   }
   void Handshake(const char* key, absl::Duration ago) {
-    wg_.peers[key].last_handshake_sec = absl::ToUnixSeconds(clock_.now - ago);
+    tunnel_.handshakes[key] = absl::ToUnixSeconds(clock_.now - ago);
   }
   size_t Healthy(const std::string& id) { return domain_.current()->Find(id).healthy.size(); }
 
   std::filesystem::path dir_;
   FakeClock clock_;
-  FakeWireGuard wg_;
+  testing::FakeTunnel tunnel_;
   Registry registry_;
   SnapshotDomain domain_;
   ControlPlane control_;
@@ -110,8 +81,8 @@ TEST_F(ControlPlaneTest, RegisterReturnsTheTunnelDetailsAndAddsThePeer) {
   EXPECT_EQ(r["gateway_ip"], "10.0.0.1");
   EXPECT_EQ(r["gateway_endpoint"], "gw.example.test:51820");
   EXPECT_EQ(r["base_domains"], json::array({"example.test"}));
-  ASSERT_TRUE(wg_.peers.contains(kKey1));
-  EXPECT_EQ(wg_.peers[kKey1].allowed_ips, std::vector<std::string>{"10.0.0.2/32"});
+  EXPECT_EQ(r["wireguard_peer"], "set");
+  EXPECT_EQ(tunnel_.peers[kKey1], "10.0.0.2");
   EXPECT_TRUE(domain_.current()->Find("app").known);
   EXPECT_EQ(Healthy("app"), 0u) << "no handshake yet: not routable";
 }
@@ -148,20 +119,32 @@ TEST_F(ControlPlaneTest, SnapshotsArePublishedOnlyWhenRoutingChanges) {
   EXPECT_EQ(domain_.Reclaim(), 0u);
 }
 
-TEST_F(ControlPlaneTest, PollReconcilesPeersWithTheRegistry) {
+// A device the supervisor cannot read keeps its last handshakes: they age,
+// and once older than --healthy-within nothing routes to those instances, in
+// the snapshot the workers use as in `list`.
+TEST_F(ControlPlaneTest, AnUnreadableDeviceRoutesNothingOnceItsHandshakesAreTooOld) {
   Register("app", "app-1", kKey1);
-  wg_.peers.erase(kKey1);                              // lost, e.g. the interface was recreated
-  wg_.peers[kStray].public_key = *WgKey::FromBase64(kStray);  // unknown to the registry
+  Handshake(kKey1, absl::Seconds(10));
   ASSERT_TRUE(control_.Poll().ok());
-  EXPECT_TRUE(wg_.peers.contains(kKey1));
-  EXPECT_FALSE(wg_.peers.contains(kStray));
+  EXPECT_EQ(Healthy("app"), 1u);
+  tunnel_.readable = false;  // wireguard-go stopped answering
+  clock_.now += absl::Minutes(4);
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_EQ(Healthy("app"), 1u) << "not all at once: the last handshake is 4 min 10 s old";
+  clock_.now += absl::Minutes(1);
+  ASSERT_TRUE(control_.Poll().ok());
+  EXPECT_EQ(Healthy("app"), 0u) << "5 min 10 s: the snapshot routes nothing there";
+  EXPECT_EQ(Call("GET", "/v1/list")["instances"][0]["healthy"], false);
+  // Registering meanwhile answers at once, and says the peer is pending.
+  json r = Register("app", "app-2", kKey2);
+  EXPECT_EQ(r["wireguard_peer"], "pending: the tunnel is being restored; the peer is set once it is back");
 }
 
 TEST_F(ControlPlaneTest, DeregisterRemovesPeerAndRoute) {
   Register("app", "app-1", kKey1);
   json r = Call("POST", "/v1/deregister", {{"instance", "app-1"}});
   EXPECT_EQ(r["removed"], true);
-  EXPECT_FALSE(wg_.peers.contains(kKey1));
+  EXPECT_FALSE(tunnel_.peers.contains(kKey1));
   EXPECT_FALSE(domain_.current()->Find("app-1").known);
   Call("POST", "/v1/deregister", {{"instance", "app-1"}}, {}, 404);
 }
