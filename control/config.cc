@@ -191,6 +191,10 @@ const std::vector<Flag>& Flags() {
       {"pipe-size", "BYTES", "1048576",
        "capacity of each relay pipe (F_SETPIPE_SZ); pipes are pooled, so few exist at once; 0 keeps 64 KiB",
        IntFlag("pipe-size", &Config::pipe_size, 0, 1 << 26)},
+      {"backend-rcvbuf", "BYTES", "1048576",
+       "receive buffer of each connection to an instance (SO_RCVBUF, capped by net.core.rmem_max): what a relay "
+       "whose client stopped reading holds from the instance; 0 leaves it to the kernel's autotuning",
+       IntFlag("backend-rcvbuf", &Config::backend_rcvbuf, 0, 1 << 28)},
       {"max-connections", "N", "from the fd limit",
        "connections held at once (each relay takes 2 descriptors); past it new ones are refused",
        IntFlag("max-connections", &Config::max_connections, 1, 1 << 24)},

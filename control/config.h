@@ -71,6 +71,7 @@ struct Config {
   absl::Duration drain_timeout = absl::Seconds(30);
   SpliceMode splice_mode = SpliceMode::kInline;
   uint32_t pipe_size = 1 << 20;
+  uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
   uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit
   int32_t app_max_connections = 2000;
   int backlog = 4096;

@@ -15,44 +15,68 @@ namespace cvmgate {
 struct Pipe {
   int r = -1;
   int w = -1;
+  uint32_t capacity = 0;  // what one splice into it may move
   bool valid() const { return r >= 0; }
 };
 
 // A relay direction takes a pipe when bytes arrive and gives it back, empty, as
 // soon as it waits for more; so a worker needs about as many pipes as it has
 // directions moving at the same moment, not one per connection.
+//
+// Two sizes: the kernel's default (64 KiB) for every direction, and a large
+// one (--pipe-size) only while a flow is fast (a splice filled the small pipe
+// to the brim). A relay whose reader stalls therefore holds a small pipe, unless
+// it stalled in the middle of a fast transfer.
 class PipePool {
  public:
-  // `pipe_size` 0 keeps the kernel's default capacity (64 KiB).
-  PipePool(size_t max_idle, int pipe_size, WorkerCounters& counters)
-      : max_idle_(max_idle), pipe_size_(pipe_size), counters_(counters) {}
+  static constexpr uint32_t kSmall = 65536;  // F_SETPIPE_SZ not needed: the kernel's default
+
+  // `large_size` 0 (or 64 KiB) keeps every pipe small.
+  PipePool(size_t max_idle, uint32_t large_size, WorkerCounters& counters)
+      : max_idle_(max_idle), large_size_(large_size > kSmall ? large_size : 0), counters_(counters) {}
   ~PipePool() {
-    for (Pipe& p : idle_) Close(p);
+    for (auto* list : {&small_, &large_}) {
+      for (Pipe& p : *list) Close(p);
+    }
   }
   PipePool(const PipePool&) = delete;
   PipePool& operator=(const PipePool&) = delete;
 
   // False when no pipe can be made (e.g. EMFILE); the caller falls back to copying.
-  bool Get(Pipe& out) {
-    if (!idle_.empty()) {
-      out = idle_.back();
-      idle_.pop_back();
+  bool Get(Pipe& out, bool large) {
+    large = large && large_size_ > 0;
+    std::vector<Pipe>& idle = large ? large_ : small_;
+    if (!idle.empty()) {
+      out = idle.back();
+      idle.pop_back();
       return true;
     }
     int fds[2];
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-    out = {fds[0], fds[1]};
+    out = {fds[0], fds[1], kSmall};
     // A larger pipe moves more per splice call. Unprivileged processes are
     // capped by fs.pipe-max-size and fs.pipe-user-pages-soft: then the
     // kernel's default capacity stays, which is correct, only slower.
-    if (pipe_size_ > 0 && fcntl(fds[1], F_SETPIPE_SZ, pipe_size_) < 0) counters_.Add(Counter::pipe_resize_failed);
+    if (large) {
+      int got = fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(large_size_));
+      if (got < 0) {
+        counters_.Add(Counter::pipe_resize_failed);
+        large_size_ = 0;  // the limit stays: small pipes from now on, without asking each time
+      } else {
+        out.capacity = static_cast<uint32_t>(got);
+      }
+    }
     return true;
   }
+  bool IsLarge(const Pipe& p) const { return p.capacity > kSmall; }
+  // Whether `large` would get a pipe of another size than `p`.
+  bool Differs(const Pipe& p, bool large) const { return IsLarge(p) != (large && large_size_ > 0); }
   // `p` must be empty: what a pipe still holds would leak into another relay.
   void PutEmpty(Pipe& p) {
     if (!p.valid()) return;
-    if (idle_.size() < max_idle_) {
-      idle_.push_back(p);
+    std::vector<Pipe>& idle = IsLarge(p) ? large_ : small_;
+    if (idle.size() < max_idle_) {
+      idle.push_back(p);
     } else {
       Close(p);
     }
@@ -70,9 +94,10 @@ class PipePool {
     close(p.w);
   }
   size_t max_idle_;
-  int pipe_size_;
+  uint32_t large_size_;
   WorkerCounters& counters_;
-  std::vector<Pipe> idle_;
+  std::vector<Pipe> small_;
+  std::vector<Pipe> large_;
 };
 
 // Copy buffers for relay directions that cannot splice.

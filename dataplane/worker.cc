@@ -39,6 +39,10 @@ constexpr size_t kPumpBudget = 512 * 1024;    // bytes one direction moves befor
 constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 constexpr int64_t kMaxWaitMs = 1000;
 constexpr int64_t kAcceptRetryMs = 100;
+// Unsent bytes a relay socket may hold beyond those in flight
+// (TCP_NOTSENT_LOWAT): without it a reader that stops lets the send queue grow
+// to tcp_wmem's maximum (4 MiB by default) behind its closed window.
+constexpr int kMinUnsentBytes = 256 * 1024;
 
 int64_t NowMs() {
   timespec ts;
@@ -75,8 +79,8 @@ Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, u
       reader_(reader),
       max_connections_(max_connections),
       conns_(new Conn[max_connections]),
-      pipes_(16, static_cast<int>(config.pipe_size), counters_),
-      pipe_chunk_(config.pipe_size > 0 ? config.pipe_size : 65536),
+      pipes_(16, config.pipe_size, counters_),
+      unsent_bytes_(std::max<int>(kMinUnsentBytes, static_cast<int>(config.pipe_size))),
       buffers_(16) {
   for (uint32_t i = 0; i < max_connections_; ++i) conns_[i].next_free = i + 1;
 }
@@ -137,8 +141,10 @@ absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    // Accepted sockets inherit TCP_NODELAY: relayed small writes are not delayed.
+    // Accepted sockets inherit TCP_NODELAY (relayed small writes are not
+    // delayed) and TCP_NOTSENT_LOWAT.
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent_bytes_, sizeof(unsent_bytes_));
     if (la.addr.ss_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, reinterpret_cast<sockaddr*>(&la.addr), la.addr_len) != 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text, ": bind: ", std::strerror(errno)));
@@ -713,6 +719,14 @@ void Worker::StartConnect(Conn& c) {
   }
   int one = 1;
   setsockopt(c.bfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  setsockopt(c.bfd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent_bytes_, sizeof(unsent_bytes_));
+  // Before connect, so the window scale fits it. The path to an instance is
+  // short (a WireGuard tunnel in the same site): a fixed buffer loses nothing
+  // there, and bounds what a relay whose client stopped reading holds.
+  if (config_.backend_rcvbuf > 0) {
+    int rcvbuf = static_cast<int>(config_.backend_rcvbuf);
+    setsockopt(c.bfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  }
   c.phase = Phase::kConnect;
   c.connect_timed_out = false;
   SetDeadline(c, now_ms_ + ToMs(config_.connect_timeout));
@@ -862,6 +876,12 @@ bool Worker::FlushReadHello(Conn& c) {
   return true;
 }
 
+bool Worker::TakePipe(Direction& x) {
+  // Between fills the pipe is empty: the time to change its size to the flow's.
+  if (x.pipe.valid() && x.pipe_bytes == 0 && pipes_.Differs(x.pipe, x.fast)) pipes_.PutEmpty(x.pipe);
+  return x.pipe.valid() || pipes_.Get(x.pipe, x.fast);
+}
+
 // Moves bytes for one direction with inline non-blocking syscalls until the
 // source or the destination would block, then waits for readiness on the ring.
 void Worker::Pump(Conn& c, int d) {
@@ -882,6 +902,7 @@ void Worker::Pump(Conn& c, int d) {
           x.buf_off += n;
         } else {
           x.pipe_bytes -= n;
+          HoldPipeBytes(-n);
         }
         counters_.Add(bytes_counter, n);
         c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
@@ -890,6 +911,7 @@ void Worker::Pump(Conn& c, int d) {
       // CopyOut handles EINTR and EAGAIN itself; splice's are handled here.
       if (!x.copy && n < 0 && errno == EINTR) continue;
       if (!x.copy && n < 0 && errno == EAGAIN) {
+        x.fast = false;  // the reader is slower than the writer: small pipes from the next fill on
         ArmRelayPoll(c, d, dst, POLLOUT);
         return;
       }
@@ -906,13 +928,13 @@ void Worker::Pump(Conn& c, int d) {
       runq_.push_back({SlotOf(c), c.gen, static_cast<uint8_t>(d)});
       return;
     }
-    if (!x.copy && !x.pipe.valid() && !pipes_.Get(x.pipe)) {
+    if (!x.copy && !TakePipe(x)) {
       counters_.Add(Counter::pipe_create_failed);
       x.copy = true;
     }
     if (x.copy && !x.buf) x.buf = buffers_.Get();
     bool wait = false;
-    ssize_t n = x.copy ? CopyIn(c, d, wait) : splice(src, nullptr, x.pipe.w, nullptr, pipe_chunk_, kSpliceFlags);
+    ssize_t n = x.copy ? CopyIn(c, d, wait) : splice(src, nullptr, x.pipe.w, nullptr, x.pipe.capacity, kSpliceFlags);
     if (wait) return;
     if (n > 0) {
       if (x.copy) {
@@ -920,6 +942,8 @@ void Worker::Pump(Conn& c, int d) {
         x.buf_len = static_cast<uint32_t>(n);
       } else {
         x.pipe_bytes = static_cast<uint32_t>(n);
+        HoldPipeBytes(n);
+        if (x.pipe_bytes == x.pipe.capacity) x.fast = true;  // more was waiting than the pipe could take
       }
       moved += n;
       continue;
@@ -978,14 +1002,14 @@ void Worker::PumpUring(Conn& c, int d) {
     FinishDirection(c, d);
     return;
   }
-  if (!x.pipe.valid() && !pipes_.Get(x.pipe)) {
+  if (!TakePipe(x)) {
     counters_.Add(Counter::pipe_create_failed);
     x.copy = true;
     Pump(c, d);
     return;
   }
   io_uring_sqe* sqe = Sqe();
-  io_uring_prep_splice(sqe, src, -1, x.pipe.w, -1, pipe_chunk_, kSpliceFlags);
+  io_uring_prep_splice(sqe, src, -1, x.pipe.w, -1, x.pipe.capacity, kSpliceFlags);
   x.op_pending = true;
   Submit(c, static_cast<Op>(kOpSpliceIn0 + d), sqe);
 }
@@ -1008,6 +1032,8 @@ void Worker::OnSpliceIn(Conn& c, int d, int res) {
   x.op_pending = false;
   if (res > 0) {
     x.pipe_bytes = static_cast<uint32_t>(res);
+    HoldPipeBytes(res);
+    if (x.pipe_bytes == x.pipe.capacity) x.fast = true;
   } else if (res == 0) {
     x.eof = true;
   } else if (res == -EAGAIN) {
@@ -1034,10 +1060,12 @@ void Worker::OnSpliceOut(Conn& c, int d, int res) {
   x.op_pending = false;
   if (res > 0) {
     x.pipe_bytes -= static_cast<uint32_t>(res);
+    HoldPipeBytes(-res);
     counters_.Add(d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client, res);
     c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
     PumpUring(c, d);
   } else if (res == -EAGAIN) {
+    x.fast = false;
     ArmRelayPoll(c, d, d == 0 ? c.bfd : c.cfd, POLLOUT);
   } else {
     Abort(c, Counter::closed_relay_error);
@@ -1081,6 +1109,7 @@ void Worker::MaybeFree(Conn& c) {
   if (c.bfd >= 0) close(c.bfd);
   for (auto& d : c.dir) {
     if (d.pipe_bytes > 0) {
+      HoldPipeBytes(-static_cast<int64_t>(d.pipe_bytes));
       pipes_.Discard(d.pipe);
     } else {
       pipes_.PutEmpty(d.pipe);

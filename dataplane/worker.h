@@ -43,6 +43,9 @@ class Worker {
 
   const WorkerCounters& counters() const { return counters_; }
   uint32_t live_connections() const { return live_.load(std::memory_order_relaxed); }
+  // Bytes spliced into this worker's pipes and not yet out of them: what
+  // stalled relays hold in pipes.
+  int64_t pipe_bytes() const { return pipe_bytes_.load(std::memory_order_relaxed); }
 
  private:
   enum class Phase : uint8_t { kFree, kHello, kTlsHandshake, kConnect, kRelay, kClosing };
@@ -57,6 +60,7 @@ class Worker {
     bool eof = false;
     bool done = false;
     bool op_pending = false;  // a poll or IORING_OP_SPLICE is in flight
+    bool fast = false;        // the last splice filled its pipe: the next pipe is a large one
     bool queued = false;      // in the run queue after using its budget
     uint32_t pending() const { return copy ? buf_len - buf_off : pipe_bytes; }
   };
@@ -164,6 +168,9 @@ class Worker {
   void StartConnect(Conn& c);
   void OnConnect(Conn& c, int res);
   void StartRelay(Conn& c);
+  // The direction's pipe for its next fill: small, or large while the flow is
+  // fast; false when none can be made.
+  bool TakePipe(Direction& x);
   void Pump(Conn& c, int d);
   void PumpUring(Conn& c, int d);
   void OnRelayPoll(Conn& c, int d, int res);
@@ -203,12 +210,16 @@ class Worker {
   std::unique_ptr<Conn[]> conns_;
   uint32_t free_head_ = 0;
   std::atomic<uint32_t> live_{0};
+  std::atomic<int64_t> pipe_bytes_{0};  // written by this worker only
+  void HoldPipeBytes(int64_t n) {
+    pipe_bytes_.store(pipe_bytes_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   int64_t now_ms_ = 0;
   std::priority_queue<TimerEntry, std::vector<TimerEntry>, std::greater<>> timers_;
   std::vector<Runnable> runq_;
   WorkerCounters counters_;  // before the pools, which count into it
   PipePool pipes_;
-  const size_t pipe_chunk_;  // bytes asked of one splice into a pipe: its capacity
+  const int unsent_bytes_;  // TCP_NOTSENT_LOWAT of both relay sockets: a large pipe's worth, at least 256 KiB
   BufferPool buffers_;
   absl::InsecureBitGen rng_;
 };

@@ -126,6 +126,12 @@ uint64_t Live(const Workers& workers) {
   return live;
 }
 
+int64_t PipeBytes(const Workers& workers) {
+  int64_t held = 0;
+  for (auto& w : workers) held += w->pipe_bytes();
+  return held;
+}
+
 struct ReloadCounters {
   uint64_t ok = 0;
   uint64_t failed = 0;
@@ -136,7 +142,7 @@ void PrintCounters(const Workers& workers, const ReloadCounters& reloads, const 
   for (size_t i = 0; i < kCounterCount; ++i) absl::StrAppend(&out, AbslView(kCounterInfo[i].name), " ", Sum(workers, i), "\n");
   const RouteSnapshot* snap = domain.current();
   absl::StrAppend(&out, "reload_ok ", reloads.ok, "\n", "reload_failed ", reloads.failed, "\n", "live_connections ",
-                  Live(workers), "\n", "apps ", snap->app_count(), "\n", "instances ", snap->instances().size(), "\n",
+                  Live(workers), "\n", "relay_pipe_bytes ", PipeBytes(workers), "\n", "apps ", snap->app_count(), "\n", "instances ", snap->instances().size(), "\n",
                   "cvmgate: counters end\n");
   (void)!write(STDERR_FILENO, out.data(), out.size());
 }
@@ -150,6 +156,9 @@ std::string WorkerMetrics(const Workers& workers, const ReloadCounters& reloads)
   }
   absl::StrAppend(&out, "# HELP cvmgate_live_connections connections held now\n# TYPE cvmgate_live_connections gauge\n",
                   "cvmgate_live_connections ", Live(workers), "\n",
+                  "# HELP cvmgate_relay_pipe_bytes bytes relays hold in pipes (read from one side, not yet written)\n"
+                  "# TYPE cvmgate_relay_pipe_bytes gauge\n",
+                  "cvmgate_relay_pipe_bytes ", PipeBytes(workers), "\n",
                   "# HELP cvmgate_reload_ok_total state reloads that took effect\n# TYPE cvmgate_reload_ok_total counter\n",
                   "cvmgate_reload_ok_total ", reloads.ok, "\n",
                   "# HELP cvmgate_reload_failed_total state reloads refused\n# TYPE cvmgate_reload_failed_total counter\n",

@@ -8,12 +8,15 @@ import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import peers
 from peers import TlsClient, sni_name
 from test_cvm_topology import in_netns, sh
 from test_passthrough import ALPN_2K, assert_echo, open_relay
 from test_terminate import certs, echo_port, tgw, trailer  # noqa: F401 (fixtures)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def admin_sock(gw):
@@ -217,3 +220,17 @@ def test_idle_tcp_admin_connections_do_not_delay_an_operator(ctl_bin, make_gatew
             s.close()
     assert p.returncode == 0 and "0 instances" in p.stdout, p
     assert elapsed < 2.0, "an authorised request waited %.1f s behind idle connections" % elapsed
+
+
+def test_a_stalled_relay_holds_a_bounded_amount_of_kernel_memory(cvmgate_bin, tmp_path):
+    """A client that stops reading a download, an instance that stops reading an upload: what the gateway holds for
+    each relay (socket queues as the kernel accounts them, and pipe contents) under the sysctl profile's caps."""
+    out = tmp_path / "stalled.json"
+    p = subprocess.run(["/usr/bin/python3", str(ROOT / "bench" / "stalled_relays.py"), "--cvmgate", cvmgate_bin,
+                        "--relays", "4", "--profile", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    per_relay = json.loads(out.read_text())["per_relay_mib"]
+    download, upload = per_relay["download"], per_relay["upload"]
+    # Unsent bytes beyond those in flight stay under TCP_NOTSENT_LOWAT; the instance socket under --backend-rcvbuf.
+    assert download["client_socket_send"] < 1.5 and download["backend_socket_receive"] < 2.5, p.stdout
+    assert download["total"] < 4.5 and upload["total"] < 6, p.stdout

@@ -152,7 +152,7 @@ TEST(Probe, SysctlsAreJudgedByTheirRule) {
       {spec("net.core.somaxconn"), "4096"},                     // below: advice
       {spec("net.core.netdev_max_backlog"), "100000"},          // above: fine
       {spec("net.ipv4.ip_local_port_range"), "1024 65535"},     // wider: fine
-      {spec("net.ipv4.tcp_rmem"), "4096 131072 6291456"},       // third field below: advice
+      {spec("net.ipv4.tcp_rmem"), "4096 131072 6291456"},       // not the profile's cap: advice
       {spec("fs.pipe-user-pages-soft"), "16384"},               // must be 0: advice
       {spec("net.ipv4.tcp_tw_reuse"), "2"},                     // must be 1: advice
       {spec("fs.nr_open"), ""},                                 // unreadable: advice
