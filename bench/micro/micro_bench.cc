@@ -13,6 +13,7 @@
 #include "control/snapshot.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
+#include "tests/common/hello_builder.h"
 
 namespace cvmgate {
 namespace {
@@ -33,37 +34,11 @@ void BM_ParseClientHello(benchmark::State& state, const char* file) {
 BENCHMARK_CAPTURE(BM_ParseClientHello, openssl_tls13_256B, "openssl_tls13.bin");
 BENCHMARK_CAPTURE(BM_ParseClientHello, python_2KiB, "python_2k.bin");
 
-// A ClientHello of `body` handshake bytes (an SNI and padding) cut into records of `record_size`.
 std::vector<uint8_t> SyntheticHello(size_t padding, size_t record_size) {
-  const std::string name = "app-443s.example.test";
-  std::vector<uint8_t> ext;
-  auto put16 = [](std::vector<uint8_t>& b, size_t v) {
-    b.push_back(uint8_t(v >> 8));
-    b.push_back(uint8_t(v));
-  };
-  put16(ext, 0);
-  put16(ext, name.size() + 5);
-  put16(ext, name.size() + 3);
-  ext.push_back(0);
-  put16(ext, name.size());
-  ext.insert(ext.end(), name.begin(), name.end());
-  put16(ext, 21);  // padding
-  put16(ext, padding);
-  ext.insert(ext.end(), padding, 0);
-  std::vector<uint8_t> body = {3, 3};
-  body.insert(body.end(), 32, 0xab);
-  body.insert(body.end(), {0, 0, 2, 0x13, 0x01, 1, 0});
-  put16(body, ext.size());
-  body.insert(body.end(), ext.begin(), ext.end());
-  std::vector<uint8_t> msg = {1, uint8_t(body.size() >> 16), uint8_t(body.size() >> 8), uint8_t(body.size())};
-  msg.insert(msg.end(), body.begin(), body.end());
-  std::vector<uint8_t> wire;
-  for (size_t off = 0; off < msg.size(); off += record_size) {
-    size_t n = std::min(record_size, msg.size() - off);
-    wire.insert(wire.end(), {22, 3, 1, uint8_t(n >> 8), uint8_t(n)});
-    wire.insert(wire.end(), msg.begin() + off, msg.begin() + off + n);
-  }
-  return wire;
+  testing::HelloBuilder b;
+  b.Sni("app-443s.example.test").Padding(padding);
+  b.record_size = record_size;
+  return b.Build();
 }
 
 // The parser's work on one hello as a client dribbles it in, fed the way a
