@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 
 #include <algorithm>
-#include <chrono>
 #include <map>
 
 #include "absl/strings/ascii.h"
