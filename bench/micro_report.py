@@ -40,7 +40,8 @@ def main():
         tiny = times.get(f"BM_HelloAsItArrives/{size}")
         if one and tiny:
             print(f"- a hello in {size}-byte records costs the parser {tiny / one:.1f}x the same hello in one record "
-                  "(the bound cvmgate keeps: 20x)")
+                  f"({tiny * 1000 / (10800 // size + 1):.2f} ns a record; the one-record parse reads the SNI, not the "
+                  "padding)")
     print()
 
 

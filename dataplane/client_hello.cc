@@ -179,7 +179,8 @@ HelloResult HelloParser::Feed(std::span<const uint8_t> data) {
       uint8_t* dst = hs_.get();
       // The shapes an attacker picks, runs of equal records of 1 to 8 bytes:
       // with a constant stride no load waits for the length before it, and
-      // each record is one 8-byte header check and one 8-byte move.
+      // each record is one 8-byte header check and one 8-byte move (for 1-byte
+      // records, the header's word holds the payload too).
       if (rec + kTlsRecordHeader <= n) {
         const size_t len = (size_t{d[rec + 3]} << 8) | d[rec + 4];
         const size_t stride = kTlsRecordHeader + len;
@@ -189,12 +190,22 @@ HelloResult HelloParser::Feed(std::span<const uint8_t> data) {
           const uint8_t* p = d + rec;
           uint8_t* out = dst + filled;
           size_t i = 0;
-          for (; i < runs; ++i, p += stride, out += len) {
-            uint64_t header, payload;
-            std::memcpy(&header, p, sizeof(header));
-            if ((header & kRecordHeaderMask) != want) break;
-            std::memcpy(&payload, p + kTlsRecordHeader, sizeof(payload));
-            std::memcpy(out, &payload, sizeof(payload));  // hs_ has 8 bytes of slack
+          if (len == 1) {
+            // The smallest records: the payload byte is in the header's word already.
+            for (; i < runs; ++i, p += kTlsRecordHeader + 1) {
+              uint64_t header;
+              std::memcpy(&header, p, sizeof(header));
+              if ((header & kRecordHeaderMask) != want) break;
+              out[i] = static_cast<uint8_t>(header >> 40);
+            }
+          } else {
+            for (; i < runs; ++i, p += stride, out += len) {
+              uint64_t header, payload;
+              std::memcpy(&header, p, sizeof(header));
+              if ((header & kRecordHeaderMask) != want) break;
+              std::memcpy(&payload, p + kTlsRecordHeader, sizeof(payload));
+              std::memcpy(out, &payload, sizeof(payload));  // hs_ has 8 bytes of slack
+            }
           }
           filled += i * len;
           rec += i * stride;
@@ -239,8 +250,10 @@ HelloResult HelloParser::Feed(std::span<const uint8_t> data) {
     const size_t payload = off + kTlsRecordHeader;
     const size_t record_end = payload + len;
     const size_t avail = std::min(n, record_end) - payload;
-    // The common case, a whole hello in its first record, is parsed in place.
-    if (off == 0 && taken_ == 0 && avail == len && len >= 4 && h[5] == kHandshakeClientHello &&
+    // The common case, a whole hello in its first record, is parsed in place
+    // (`data` always starts at the stream's first byte, so this holds however
+    // much of the record an earlier call had seen).
+    if (off == 0 && avail == len && len >= 4 && h[5] == kHandshakeClientHello &&
         ((size_t{h[6]} << 16) | (size_t{h[7]} << 8) | h[8]) + 4 == len) {
       if (record_end > max_) return Status(HelloStatus::kTooLarge);
       return Finish(data.subspan(payload + 4, len - 4), record_end);
