@@ -24,7 +24,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/numbers.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 #include "nlohmann/json.hpp"
 
 #ifndef SOL_TLS

@@ -11,7 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 
 namespace cvmgate {
 namespace {

@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 
 namespace cvmgate {
 

@@ -19,7 +19,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 #include "dataplane/log.h"
 
 namespace cvmgate {

@@ -24,7 +24,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "control/wireguard/genl.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 #include "control/wireguard/rtnl.h"
 #include "control/wireguard/uapi.h"
 #include "dataplane/strings.h"

@@ -18,7 +18,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 
 namespace cvmgate {
 namespace {

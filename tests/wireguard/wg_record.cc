@@ -5,7 +5,7 @@
 #include <string>
 
 #include "control/wireguard/genl.h"
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 #include "dataplane/strings.h"
 
 int main(int argc, char** argv) {

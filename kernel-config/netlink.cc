@@ -1,5 +1,5 @@
 // A netlink socket (libmnl): one request at a time, every reply read within a deadline, kernel error text kept.
-#include "control/wireguard/nl.h"
+#include "kernel-config/netlink.h"
 
 #include <fcntl.h>
 #include <libmnl/libmnl.h>

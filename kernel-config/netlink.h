@@ -1,4 +1,5 @@
 // A netlink socket (libmnl) that sends one request at a time and reads its whole answer within a deadline.
+// The kernel layer owns it: the capability probe and the WireGuard backends in control/ both use it.
 #pragma once
 
 #include <libmnl/libmnl.h>
