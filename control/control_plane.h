@@ -13,7 +13,7 @@
 #include "absl/time/time.h"
 #include "control/admin_http.h"
 #include "control/registry.h"
-#include "control/snapshot.h"
+#include "dataplane/snapshot.h"
 #include "control/wireguard/supervisor.h"
 #include "dataplane/tls.h"
 

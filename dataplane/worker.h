@@ -15,7 +15,7 @@
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "control/config.h"
-#include "control/snapshot.h"
+#include "dataplane/snapshot.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/counters.h"
 #include "dataplane/pools.h"

@@ -28,7 +28,7 @@
 #include "control/durable_file.h"
 #include "control/ip_pool.h"
 #include "control/registry.h"
-#include "control/snapshot.h"
+#include "dataplane/snapshot.h"
 #include "control/wireguard/supervisor.h"
 #include "control/wireguard/wireguard.h"
 #include "dataplane/counters.h"

@@ -9,8 +9,8 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
-#include "control/routes.h"
-#include "control/snapshot.h"
+#include "dataplane/routes.h"
+#include "dataplane/snapshot.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
 #include "tests/common/hello_builder.h"

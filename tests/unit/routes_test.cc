@@ -1,5 +1,5 @@
 // Unit tests of the route snapshot: state-file validation, pinning, and uniform instance choice.
-#include "control/routes.h"
+#include "dataplane/routes.h"
 
 #include <gtest/gtest.h>
 
@@ -9,7 +9,7 @@
 #include <random>
 #include <thread>
 
-#include "control/snapshot.h"
+#include "dataplane/snapshot.h"
 
 namespace cvmgate {
 namespace {

@@ -7,7 +7,7 @@
 #include <mutex>
 #include <vector>
 
-#include "control/routes.h"
+#include "dataplane/routes.h"
 
 namespace cvmgate {
 

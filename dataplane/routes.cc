@@ -1,5 +1,5 @@
 // Route snapshot: building the immutable lookup tables from the control plane's view.
-#include "control/routes.h"
+#include "dataplane/routes.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

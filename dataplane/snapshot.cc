@@ -1,5 +1,5 @@
 // Snapshot publication: the writer side of the quiescent-state reclamation.
-#include "control/snapshot.h"
+#include "dataplane/snapshot.h"
 
 #include <algorithm>
 
