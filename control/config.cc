@@ -7,9 +7,9 @@
 #include <cstring>
 #include <functional>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
 #include "dataplane/host_name.h"
 
 namespace cvmgate {
@@ -220,13 +220,23 @@ const std::vector<Flag>& Flags() {
 
 }  // namespace
 
-std::string_view SpliceModeName(SpliceMode mode) {
-  switch (mode) {
-    case SpliceMode::kInline: return "inline";
-    case SpliceMode::kUring: return "uring";
-    case SpliceMode::kCopy: return "copy";
-  }
-  return "unknown";
+WorkerOptions WorkerOptionsOf(const Config& config) {
+  auto ms = [](absl::Duration d) { return absl::ToInt64Milliseconds(d); };
+  WorkerOptions o;
+  o.base_domains = config.base_domains;
+  o.backlog = config.backlog;
+  o.hello_max_bytes = config.hello_max_bytes;
+  o.hello_timeout_ms = ms(config.hello_timeout);
+  o.handshake_timeout_ms = ms(config.handshake_timeout);
+  o.connect_timeout_ms = ms(config.connect_timeout);
+  o.connect_tries = config.connect_tries;
+  o.idle_timeout_ms = ms(config.idle_timeout);
+  o.drain_timeout_ms = ms(config.drain_timeout);
+  o.splice_mode = config.splice_mode;
+  o.pipe_size = config.pipe_size;
+  o.backend_rcvbuf = config.backend_rcvbuf;
+  o.ktls = config.tls_policy.ktls;
+  return o;
 }
 
 absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text) {

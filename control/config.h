@@ -1,44 +1,15 @@
 // Daemon configuration: the command-line flags of `cvmgate`, with their defaults.
 #pragma once
 
-#include <sys/socket.h>
-
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/time/time.h"
+#include <absl/status/statusor.h>
+#include <absl/time/time.h>
+#include "dataplane/options.h"
 
 namespace cvmgate {
-
-enum class SpliceMode : uint8_t {
-  kInline,  // wait for readiness with io_uring poll, then splice(SPLICE_F_NONBLOCK) inline
-  kUring,   // wait for readiness with io_uring poll, then IORING_OP_SPLICE
-  kCopy,    // recv/send through a userspace buffer (no splice)
-};
-
-struct ListenAddress {
-  std::string text;
-  sockaddr_storage addr{};
-  socklen_t addr_len = 0;
-};
-
-struct TlsCertSpec {
-  std::string domain;  // a --base-domain
-  std::string chain;   // PEM: the certificate, then its chain
-  std::string key;     // PEM private key
-};
-
-// What terminated clients may negotiate (OpenSSL syntax for the lists).
-struct TlsPolicy {
-  int min_version = 0x0303;  // TLS1_2_VERSION; 0x0304 for TLS 1.3 only
-  std::string ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";  // TLS 1.2
-  std::string ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-  bool ktls = true;  // offload record crypto to the kernel where it can (--ktls)
-  bool kernel_tls = true;  // the start-up probe found kTLS; false skips even trying
-  bool offload() const { return ktls && kernel_tls; }
-};
 
 struct Config {
   std::vector<ListenAddress> listen;
@@ -86,6 +57,8 @@ absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args);
 std::string Usage();
 
 absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text);
-std::string_view SpliceModeName(SpliceMode mode);
+
+// What each data-plane worker is told, from the flags.
+WorkerOptions WorkerOptionsOf(const Config& config);
 
 }  // namespace cvmgate

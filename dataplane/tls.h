@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "control/config.h"
+#include <absl/status/statusor.h>
+#include "dataplane/options.h"
 
 namespace cvmgate {
 

@@ -18,7 +18,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/hash/hash.h"
+#include <absl/hash/hash.h>
 #include "dataplane/addresses.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/host_name.h"
@@ -50,7 +50,6 @@ int64_t NowMs() {
   return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t ToMs(absl::Duration d) { return absl::ToInt64Milliseconds(d); }
 
 Counter HelloCounter(HelloStatus s) {
   switch (s) {
@@ -73,14 +72,14 @@ Counter NameCounter(NameStatus s) {
 
 }  // namespace
 
-Worker::Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections)
+Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, uint32_t max_connections)
     : index_(index),
-      config_(config),
+      options_(std::move(options)),
       reader_(reader),
       max_connections_(max_connections),
       conns_(new Conn[max_connections]),
-      pipes_(16, config.pipe_size, counters_),
-      unsent_bytes_(std::max<int>(kMinUnsentBytes, static_cast<int>(config.pipe_size))),
+      pipes_(16, options_.pipe_size, counters_),
+      unsent_bytes_(std::max<int>(kMinUnsentBytes, static_cast<int>(options_.pipe_size))),
       buffers_(16) {
   for (uint32_t i = 0; i < max_connections_; ++i) conns_[i].next_free = i + 1;
 }
@@ -149,7 +148,7 @@ absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
     if (bind(fd, reinterpret_cast<sockaddr*>(&la.addr), la.addr_len) != 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text, ": bind: ", std::strerror(errno)));
     }
-    if (::listen(fd, config_.backlog) != 0) {
+    if (::listen(fd, options_.backlog) != 0) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", la.text, ": ", std::strerror(errno)));
     }
     socklen_t len = sizeof(la.addr);
@@ -321,7 +320,7 @@ void Worker::OnWake() {
 
 void Worker::BeginDrain() {
   draining_ = true;
-  drain_deadline_ms_ = now_ms_ + ToMs(config_.drain_timeout);
+  drain_deadline_ms_ = now_ms_ + options_.drain_timeout_ms;
   // A listener is closed once its multishot accept has ended (OnAccept): the
   // cancel resolves the descriptor when it is submitted.
   for (size_t i = 0; i < listeners_.size(); ++i) {
@@ -371,10 +370,10 @@ void Worker::OnAccept(size_t listener, int res, bool more) {
   live_.fetch_add(1, std::memory_order_relaxed);
   c.phase = Phase::kHello;
   c.cfd = fd;
-  c.hello_cap = std::min<uint32_t>(kHelloInitialPeek, config_.hello_max_bytes);
+  c.hello_cap = std::min<uint32_t>(kHelloInitialPeek, options_.hello_max_bytes);
   c.hello = std::make_unique_for_overwrite<uint8_t[]>(c.hello_cap);
-  c.hello_parser = HelloParser(config_.hello_max_bytes);
-  SetDeadline(c, now_ms_ + ToMs(config_.hello_timeout));
+  c.hello_parser = HelloParser(options_.hello_max_bytes);
+  SetDeadline(c, now_ms_ + options_.hello_timeout_ms);
   SubmitPeek(c);
 }
 
@@ -409,7 +408,7 @@ void Worker::OnPeek(Conn& c, int res) {
   if (hello.need > c.hello_cap) {
     // Geometric growth: the buffer is replaced a logarithmic number of times.
     bool was_full = have == c.hello_cap;
-    uint32_t cap = std::max(static_cast<uint32_t>(hello.need), std::min(2 * c.hello_cap, config_.hello_max_bytes));
+    uint32_t cap = std::max(static_cast<uint32_t>(hello.need), std::min(2 * c.hello_cap, options_.hello_max_bytes));
     auto bigger = std::make_unique_for_overwrite<uint8_t[]>(cap);
     if (c.hello_read) std::memcpy(bigger.get(), c.hello.get(), c.hello_len);  // read bytes are not in the socket
     c.hello = std::move(bigger);
@@ -455,7 +454,7 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     setsockopt(c.cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
     c.lowat_set = false;
   }
-  NameResult name = ParseHostName(sni, config_.base_domains);
+  NameResult name = ParseHostName(sni, options_.base_domains);
   c.hello_parser = HelloParser();
   if (c.hello_len == 0) {
     c.hello.reset();  // peeked: the bytes are still in the socket
@@ -514,7 +513,7 @@ void Worker::StartTls(Conn& c, SSL_CTX* ctx) {
   }
   SSL_set_accept_state(c.ssl);
   c.phase = Phase::kTlsHandshake;
-  SetDeadline(c, now_ms_ + ToMs(config_.handshake_timeout));
+  SetDeadline(c, now_ms_ + options_.handshake_timeout_ms);
   DoHandshake(c);
 }
 
@@ -723,13 +722,13 @@ void Worker::StartConnect(Conn& c) {
   // Before connect, so the window scale fits it. The path to an instance is
   // short (a WireGuard tunnel in the same site): a fixed buffer loses nothing
   // there, and bounds what a relay whose client stopped reading holds.
-  if (config_.backend_rcvbuf > 0) {
-    int rcvbuf = static_cast<int>(config_.backend_rcvbuf);
+  if (options_.backend_rcvbuf > 0) {
+    int rcvbuf = static_cast<int>(options_.backend_rcvbuf);
     setsockopt(c.bfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
   }
   c.phase = Phase::kConnect;
   c.connect_timed_out = false;
-  SetDeadline(c, now_ms_ + ToMs(config_.connect_timeout));
+  SetDeadline(c, now_ms_ + options_.connect_timeout_ms);
   io_uring_sqe* sqe = Sqe();
   io_uring_prep_connect(sqe, c.bfd, reinterpret_cast<sockaddr*>(&c.backend), c.backend_len);
   Submit(c, kOpConnect, sqe);
@@ -743,7 +742,7 @@ void Worker::OnConnect(Conn& c, int res) {
   counters_.Add(c.connect_timed_out ? Counter::connect_timeout : Counter::connect_failed);
   close(c.bfd);
   c.bfd = -1;
-  if (c.tries < config_.connect_tries && !draining_) {
+  if (c.tries < options_.connect_tries && !draining_) {
     StartConnect(c);
   } else {
     Abort(c, Counter::closed_connect_failed);
@@ -771,7 +770,7 @@ void Worker::StartRelay(Conn& c) {
   c.phase = Phase::kRelay;
   counters_.Add(c.ssl == nullptr ? Counter::routed_passthrough
                                  : (c.grpc ? Counter::routed_grpc : Counter::routed_terminate));
-  bool copy = config_.splice_mode == SpliceMode::kCopy;
+  bool copy = options_.splice_mode == SpliceMode::kCopy;
   c.dir[0].copy = c.dir[1].copy = copy;
   if (c.ssl != nullptr) {
     // With kTLS TX the kernel encrypts what is written to the client socket, so
@@ -803,7 +802,7 @@ void Worker::StartRelay(Conn& c) {
     }
     counters_.Add(c.ktls_tx ? Counter::ktls_tx : Counter::relay_tls_userspace);
     if (ktls_rx) counters_.Add(Counter::ktls_rx);
-    if (!config_.tls_policy.ktls) {
+    if (!options_.ktls) {
       counters_.Add(Counter::ktls_fallback_disabled);
     } else if (!c.ktls_tx) {
       counters_.Add(Counter::ktls_fallback_no_kernel_tls);
@@ -812,10 +811,10 @@ void Worker::StartRelay(Conn& c) {
     }
   }
   counters_.Add(c.dir[0].copy && c.dir[1].copy ? Counter::relay_copy : Counter::relay_splice);
-  SetDeadline(c, now_ms_ + ToMs(config_.idle_timeout));
+  SetDeadline(c, now_ms_ + options_.idle_timeout_ms);
   for (int d = 0; d < 2; ++d) {
     if (c.phase != Phase::kRelay) return;
-    if (config_.splice_mode == SpliceMode::kUring && !c.dir[d].copy) {
+    if (options_.splice_mode == SpliceMode::kUring && !c.dir[d].copy) {
       PumpUring(c, d);
     } else {
       Pump(c, d);
@@ -860,7 +859,7 @@ bool Worker::FlushReadHello(Conn& c) {
     if (n > 0) {
       c.hello_sent += static_cast<uint32_t>(n);
       counters_.Add(Counter::bytes_client_to_backend, static_cast<uint64_t>(n));
-      c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+      c.deadline_ms = now_ms_ + options_.idle_timeout_ms;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -905,7 +904,7 @@ void Worker::Pump(Conn& c, int d) {
           HoldPipeBytes(-n);
         }
         counters_.Add(bytes_counter, n);
-        c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+        c.deadline_ms = now_ms_ + options_.idle_timeout_ms;
         continue;
       }
       // CopyOut handles EINTR and EAGAIN itself; splice's are handled here.
@@ -1020,7 +1019,7 @@ void Worker::OnRelayPoll(Conn& c, int d, int res) {
     Abort(c, Counter::closed_relay_error);
     return;
   }
-  if (config_.splice_mode == SpliceMode::kUring) {
+  if (options_.splice_mode == SpliceMode::kUring) {
     PumpUring(c, d);
   } else {
     Pump(c, d);
@@ -1062,7 +1061,7 @@ void Worker::OnSpliceOut(Conn& c, int d, int res) {
     x.pipe_bytes -= static_cast<uint32_t>(res);
     HoldPipeBytes(-res);
     counters_.Add(d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client, res);
-    c.deadline_ms = now_ms_ + ToMs(config_.idle_timeout);
+    c.deadline_ms = now_ms_ + options_.idle_timeout_ms;
     PumpUring(c, d);
   } else if (res == -EAGAIN) {
     x.fast = false;

@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "absl/random/random.h"
-#include "absl/status/status.h"
-#include "control/config.h"
+#include <absl/random/random.h>
+#include <absl/status/status.h>
+#include "dataplane/options.h"
 #include "dataplane/snapshot.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/counters.h"
@@ -25,7 +25,7 @@ namespace cvmgate {
 
 class Worker {
  public:
-  Worker(int index, const Config& config, SnapshotDomain::Reader reader, uint32_t max_connections);
+  Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, uint32_t max_connections);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -187,7 +187,7 @@ class Worker {
   int64_t WaitMs() const;
 
   const int index_;
-  const Config& config_;
+  const WorkerOptions options_;
   SnapshotDomain::Reader reader_;
   const RouteSnapshot* snap_ = nullptr;  // valid only between reader_.Enter() and Leave()
   const uint32_t max_connections_;

@@ -19,9 +19,9 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
 #include "control/admin_http.h"
 #include "control/config.h"
 #include "control/control_plane.h"
@@ -325,8 +325,9 @@ int Main(int argc, char** argv) {
   // Listeners are bound first: the control plane must know them, so that no
   // instance ever routes a connection back into the gateway.
   Workers pool;
+  const WorkerOptions worker_options = WorkerOptionsOf(config);
   for (int i = 0; i < workers; ++i) {
-    pool.push_back(std::make_unique<Worker>(i, config, domain.reader(i), per_worker));
+    pool.push_back(std::make_unique<Worker>(i, worker_options, domain.reader(i), per_worker));
     if (auto s = pool.back()->Init(config.listen); !s.ok()) {
       Log(s.message());
       return 1;

@@ -20,6 +20,36 @@ TEST(Config, DefaultsAndRepeatableFlags) {
   EXPECT_EQ(c->splice_mode, SpliceMode::kInline);
 }
 
+// A worker built without flags (a test, a tool) behaves like the daemon with its defaults.
+TEST(Config, WorkerOptionsDefaultsAreTheFlagDefaults) {
+  auto c = ParseFlags({"--base-domain=example.test"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  WorkerOptions expected;
+  expected.base_domains = {"example.test"};
+  EXPECT_EQ(WorkerOptionsOf(*c), expected);
+}
+
+TEST(Config, WorkerOptionsCarryTheFlags) {
+  auto c = ParseFlags({"--base-domain=example.test", "--hello-timeout=250ms", "--handshake-timeout=2s",
+                       "--connect-timeout=1500ms", "--idle-timeout=90s", "--drain-timeout=1m", "--connect-tries=5",
+                       "--hello-max-bytes=4096", "--backlog=64", "--splice-mode=uring", "--pipe-size=0",
+                       "--backend-rcvbuf=0", "--ktls=off"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  WorkerOptions o = WorkerOptionsOf(*c);
+  EXPECT_EQ(o.hello_timeout_ms, 250);
+  EXPECT_EQ(o.handshake_timeout_ms, 2000);
+  EXPECT_EQ(o.connect_timeout_ms, 1500);
+  EXPECT_EQ(o.idle_timeout_ms, 90'000);
+  EXPECT_EQ(o.drain_timeout_ms, 60'000);
+  EXPECT_EQ(o.connect_tries, 5);
+  EXPECT_EQ(o.hello_max_bytes, 4096u);
+  EXPECT_EQ(o.backlog, 64);
+  EXPECT_EQ(o.splice_mode, SpliceMode::kUring);
+  EXPECT_EQ(o.pipe_size, 0u);
+  EXPECT_EQ(o.backend_rcvbuf, 0u);
+  EXPECT_FALSE(o.ktls);
+}
+
 TEST(Config, ListenDefaultsTo443) {
   auto c = ParseFlags({"--base-domain=example.test"});
   ASSERT_TRUE(c.ok());

@@ -1,0 +1,62 @@
+// What the data plane is told: where to listen, the TLS material and policy, and each worker's limits
+// and timers (durations in milliseconds). The daemon fills these from its flags (control/config.h);
+// nothing here knows about flags.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace cvmgate {
+
+enum class SpliceMode : uint8_t {
+  kInline,  // wait for readiness with io_uring poll, then splice(SPLICE_F_NONBLOCK) inline
+  kUring,   // wait for readiness with io_uring poll, then IORING_OP_SPLICE
+  kCopy,    // recv/send through a userspace buffer (no splice)
+};
+std::string_view SpliceModeName(SpliceMode mode);
+
+struct ListenAddress {
+  std::string text;
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+};
+
+struct TlsCertSpec {
+  std::string domain;  // a base domain
+  std::string chain;   // PEM: the certificate, then its chain
+  std::string key;     // PEM private key
+};
+
+// What terminated clients may negotiate (OpenSSL syntax for the lists).
+struct TlsPolicy {
+  int min_version = 0x0303;  // TLS1_2_VERSION; 0x0304 for TLS 1.3 only
+  std::string ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";  // TLS 1.2
+  std::string ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+  bool ktls = true;        // offload record crypto to the kernel where it can (--ktls)
+  bool kernel_tls = true;  // the start-up probe found kTLS; false skips even trying
+  bool offload() const { return ktls && kernel_tls; }
+};
+
+// One worker's settings. The defaults are the daemon's flag defaults (a unit test holds them equal).
+struct WorkerOptions {
+  std::vector<std::string> base_domains;  // normalised: lowercase, no trailing dot
+  int backlog = 4096;
+  uint32_t hello_max_bytes = 65536;
+  int64_t hello_timeout_ms = 5'000;
+  int64_t handshake_timeout_ms = 5'000;
+  int64_t connect_timeout_ms = 5'000;
+  int connect_tries = 3;
+  int64_t idle_timeout_ms = 600'000;
+  int64_t drain_timeout_ms = 30'000;
+  SpliceMode splice_mode = SpliceMode::kInline;
+  uint32_t pipe_size = 1 << 20;       // a fast flow's pipe; 0 keeps 64 KiB
+  uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
+  bool ktls = true;                   // kTLS was asked for (false: counted as ktls_fallback_disabled)
+  bool operator==(const WorkerOptions&) const = default;
+};
+
+}  // namespace cvmgate
