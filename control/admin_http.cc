@@ -13,14 +13,14 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_split.h>
 #include "dataplane/log.h"
-#include "nlohmann/json.hpp"
-#include "openssl/crypto.h"
-#include "openssl/sha.h"
+#include <nlohmann/json.hpp>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 namespace cvmgate {
 namespace {

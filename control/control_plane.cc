@@ -8,12 +8,12 @@
 #include <algorithm>
 #include <map>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_cat.h>
 #include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 
 namespace cvmgate {
 namespace {

@@ -9,8 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_cat.h>
 
 namespace cvmgate {
 namespace {

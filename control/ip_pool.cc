@@ -3,8 +3,8 @@
 
 #include <arpa/inet.h>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
 
 namespace cvmgate {
 

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "absl/container/flat_hash_set.h"
-#include "absl/status/statusor.h"
+#include <absl/container/flat_hash_set.h>
+#include <absl/status/statusor.h>
 
 namespace cvmgate {
 

@@ -8,12 +8,12 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_cat.h>
 #include "control/durable_file.h"
 #include "dataplane/host_name.h"
 #include "dataplane/strings.h"
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 
 namespace cvmgate {
 namespace {

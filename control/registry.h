@@ -6,8 +6,8 @@
 #include <string>
 #include <string_view>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/status/statusor.h"
+#include <absl/container/flat_hash_map.h>
+#include <absl/status/statusor.h>
 #include "control/ip_pool.h"
 #include "control/wireguard/wireguard.h"
 #include "dataplane/ports.h"

@@ -6,7 +6,7 @@
 
 #include <cstring>
 
-#include "absl/strings/str_cat.h"
+#include <absl/strings/str_cat.h>
 
 namespace cvmgate {
 

@@ -1,9 +1,9 @@
 // Host-name grammar: splits the first label into id, port and mode.
 #include "dataplane/host_name.h"
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
 
 namespace cvmgate {
 namespace {

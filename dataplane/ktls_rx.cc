@@ -12,7 +12,7 @@
 #include <cstring>
 #include <string>
 
-#include "absl/strings/str_cat.h"
+#include <absl/strings/str_cat.h>
 
 #ifndef SOL_TLS
 #define SOL_TLS 282

@@ -4,7 +4,7 @@
 
 #include <openssl/ssl.h>
 
-#include "absl/status/status.h"
+#include <absl/status/status.h>
 
 namespace cvmgate {
 

@@ -13,9 +13,9 @@
 #include <string_view>
 #include <vector>
 
-#include "absl/container/flat_hash_map.h"
-#include "absl/random/random.h"
-#include "absl/status/statusor.h"
+#include <absl/container/flat_hash_map.h>
+#include <absl/random/random.h>
+#include <absl/status/statusor.h>
 #include "dataplane/ports.h"
 
 namespace cvmgate {

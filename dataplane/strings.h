@@ -3,7 +3,7 @@
 
 #include <string_view>
 
-#include "absl/strings/string_view.h"
+#include <absl/strings/string_view.h>
 
 namespace cvmgate {
 

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <ctime>
 
-#include "absl/strings/str_cat.h"
+#include <absl/strings/str_cat.h>
 #include "dataplane/ktls_rx.h"
 
 namespace cvmgate {

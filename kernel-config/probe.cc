@@ -20,12 +20,12 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/numbers.h"
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_join.h>
+#include <absl/strings/str_split.h>
+#include <absl/strings/numbers.h>
 #include "kernel-config/netlink.h"
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 
 #ifndef SOL_TLS
 #define SOL_TLS 282

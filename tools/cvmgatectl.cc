@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
+#include <absl/strings/ascii.h>
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/str_format.h>
 #include "control/admin_http.h"
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 
 namespace cvmgate {
 namespace {

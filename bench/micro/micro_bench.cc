@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/random/random.h"
-#include "absl/strings/str_cat.h"
+#include <absl/random/random.h>
+#include <absl/strings/str_cat.h>
 #include "dataplane/routes.h"
 #include "dataplane/snapshot.h"
 #include "dataplane/client_hello.h"

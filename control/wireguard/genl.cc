@@ -10,7 +10,7 @@
 
 #include <cstring>
 
-#include "absl/strings/str_cat.h"
+#include <absl/strings/str_cat.h>
 #include "kernel-config/netlink.h"
 
 namespace cvmgate {

@@ -8,8 +8,8 @@
 #include <memory>
 #include <string>
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
 #include "control/wireguard/wireguard.h"
 
 namespace cvmgate {

@@ -4,8 +4,8 @@
 
 #include <memory>
 
-#include "absl/strings/escaping.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/escaping.h>
+#include <absl/strings/str_cat.h>
 #include "control/wireguard/wireguard.h"
 #include "dataplane/strings.h"
 

@@ -7,7 +7,7 @@
 #include <linux/if_link.h>
 #include <linux/rtnetlink.h>
 
-#include "absl/strings/str_cat.h"
+#include <absl/strings/str_cat.h>
 
 namespace cvmgate {
 namespace {

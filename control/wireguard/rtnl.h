@@ -5,8 +5,8 @@
 
 #include <string>
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
 #include "kernel-config/netlink.h"
 
 namespace cvmgate {

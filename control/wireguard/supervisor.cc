@@ -17,8 +17,8 @@
 #include <chrono>
 #include <cstring>
 
-#include "absl/container/flat_hash_set.h"
-#include "absl/strings/str_cat.h"
+#include <absl/container/flat_hash_set.h>
+#include <absl/strings/str_cat.h>
 #include "kernel-config/netlink.h"
 #include "dataplane/log.h"
 

@@ -13,8 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
 #include "dataplane/strings.h"
 
 namespace cvmgate {

@@ -19,10 +19,10 @@
 #include <cstring>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
-#include "absl/strings/strip.h"
-#include "absl/time/clock.h"
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_cat.h>
+#include <absl/strings/strip.h>
+#include <absl/time/clock.h>
 #include "control/wireguard/genl.h"
 #include "kernel-config/netlink.h"
 #include "control/wireguard/rtnl.h"

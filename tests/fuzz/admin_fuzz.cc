@@ -11,7 +11,7 @@
 #include <string>
 
 #include "control/control_plane.h"
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 #include "tests/common/fake_tunnel.h"
 
 namespace {

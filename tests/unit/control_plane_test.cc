@@ -7,7 +7,7 @@
 
 #include <filesystem>
 
-#include "nlohmann/json.hpp"
+#include <nlohmann/json.hpp>
 #include "tests/common/fake_tunnel.h"
 
 namespace cvmgate {

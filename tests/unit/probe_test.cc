@@ -14,9 +14,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_replace.h"
-#include "nlohmann/json.hpp"
+#include <absl/strings/ascii.h>
+#include <absl/strings/str_replace.h>
+#include <nlohmann/json.hpp>
 
 namespace cvmgate {
 namespace {

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include <absl/strings/numbers.h>
+#include <absl/strings/str_split.h>
 #include "kernel-config/netlink.h"
 
 namespace cvmgate {
