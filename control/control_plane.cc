@@ -11,8 +11,10 @@
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
 #include "dataplane/addresses.h"
+#include "dataplane/decide.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
+#include "dataplane/strings.h"
 #include <nlohmann/json.hpp>
 
 namespace cvmgate {
@@ -136,19 +138,21 @@ int64_t ControlPlane::LastHandshake(const Registration& reg) const {
   return it == handshakes_.end() ? 0 : it->second;
 }
 
-absl::Status ControlPlane::Publish() {
-  absl::Time now = clock_.Now();
+std::vector<RouteEntry> ControlPlane::RouteEntries(absl::Time now, std::vector<bool>* health) const {
   std::vector<RouteEntry> entries;
-  std::vector<bool> health;
   entries.reserve(registry_.instances().size());
-  size_t healthy = 0;
   for (const auto& [id, reg] : registry_.instances()) {
     bool up = IsHealthy(reg, LastHandshake(reg), now, options_.healthy_within);
-    healthy += up;
-    health.push_back(up);
+    if (health != nullptr) health->push_back(up);
     entries.push_back({reg.app, reg.id, reg.address, up, MaxConnections(reg.app), ProxyProtocol(reg.app), reg.ports,
                        reg.is_static() && IsLocal(reg.address)});
   }
+  return entries;
+}
+
+absl::Status ControlPlane::Publish() {
+  std::vector<bool> health;
+  std::vector<RouteEntry> entries = RouteEntries(clock_.Now(), &health);
   // Workers only see a new snapshot when routing really changed.
   if (published_once_ && health == published_health_ && published_version_ == registry_version_) {
     return absl::OkStatus();
@@ -156,10 +160,10 @@ absl::Status ControlPlane::Publish() {
   auto snap = RouteSnapshot::Build(entries, &app_counters_, tls_);
   if (!snap.ok()) return snap.status();
   domain_.Publish(*std::move(snap));
+  healthy_count_ = std::count(health.begin(), health.end(), true);
   published_health_ = std::move(health);
   published_version_ = registry_version_;
   published_once_ = true;
-  healthy_count_ = healthy;
   ++publishes_;
   return absl::OkStatus();
 }
@@ -346,7 +350,13 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   if (host == req.query.end() || host->second.empty()) {
     return Error(absl::InvalidArgumentError("give the host name as ?host=NAME"));
   }
-  NameResult name = ParseHostName(host->second, options_.base_domains);
+  // The routes as they stand this instant, decided the way a worker decides.
+  absl::Time now = clock_.Now();
+  auto snap = RouteSnapshot::Build(RouteEntries(now), &app_counters_, tls_);
+  if (!snap.ok()) return Error(snap.status());
+  const RouteInputs in{**snap, options_.base_domains, options_.listeners};
+  const Decision decision = Decide(host->second, in);
+  const NameResult& name = decision.name;
   json out = {{"host", host->second}};
   if (name.status != NameStatus::kOk) {
     out["verdict"] = absl::StrCat("refused: ", std::string(NameStatusName(name.status)),
@@ -358,23 +368,17 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   out["port"] = name.target.port;
   out["mode"] = std::string(ModeName(name.target.mode));
   out["base_domain"] = options_.base_domains[name.target.base_domain];
-  absl::Time now = clock_.Now();
   json candidates = json::array();
   const auto& all = registry_.instances();
   bool pinned = all.contains(name.target.id);
   const uint16_t port = name.target.port;
-  size_t healthy = 0, serving = 0, usable = 0;
   std::string own_listener;
   for (const auto& [id, reg] : all) {
     if (pinned ? id != name.target.id : reg.app != name.target.id) continue;
-    int64_t hs = LastHandshake(reg);
-    bool up = IsHealthy(reg, hs, now, options_.healthy_within);
+    bool up = IsHealthy(reg, LastHandshake(reg), now, options_.healthy_within);
     bool serves = !reg.is_static() || reg.ports.Contains(port);
     sockaddr_storage target = SockaddrOf(reg.address, port);
     bool own = serves && reg.is_static() && IsOwnListener(target, IsLocal(reg.address), options_.listeners);
-    healthy += up;
-    serving += up && serves;
-    usable += up && serves && !own;
     if (own) own_listener = SockaddrText(target);
     json c = {{"instance", reg.id},
               {"address", SockaddrText(target)},
@@ -392,34 +396,34 @@ HttpResponse ControlPlane::Explain(const HttpRequest& req) {
   out["app_connections"] = live;
   out["app_max_connections"] = max;
   out["proxy_protocol"] = ProxyProtocol(app);
-  const std::string& domain = options_.base_domains[name.target.base_domain];
-  bool terminate = name.target.mode != Mode::kPassthrough;
-  bool has_cert = tls_ != nullptr && tls_->context(name.target.base_domain, false) != nullptr;
-  if (terminate && !has_cert) {
-    out["verdict"] = absl::StrCat("refused: no --tls-cert for ", domain, " to terminate TLS with");
-    out["routable"] = false;
-  } else if (candidates.empty()) {
-    out["verdict"] = absl::StrCat("refused: no app or instance '", name.target.id, "'");
-    out["routable"] = false;
-  } else if (healthy == 0) {
-    out["verdict"] = "refused: no healthy instance";
-    out["routable"] = false;
-  } else if (serving == 0) {
-    out["verdict"] = absl::StrCat("refused: no healthy instance serves port ", port, " (static instances name theirs)");
-    out["routable"] = false;
-  } else if (usable == 0) {
-    out["verdict"] = absl::StrCat("refused: ", own_listener, " is this gateway's own listener");
-    out["routable"] = false;
+  out["routable"] = false;
+  if (decision.refused()) {
+    switch (decision.refusal) {
+      case Counter::closed_no_certificate:
+        out["verdict"] = absl::StrCat("refused: no --tls-cert for ", options_.base_domains[name.target.base_domain],
+                                      " to terminate TLS with");
+        break;
+      case Counter::closed_unknown_app:
+        out["verdict"] = absl::StrCat("refused: no app or instance '", name.target.id, "'");
+        break;
+      case Counter::closed_no_healthy_instance: out["verdict"] = "refused: no healthy instance"; break;
+      case Counter::closed_port_not_served:
+        out["verdict"] = absl::StrCat("refused: no healthy instance serves port ", port, " (static instances name theirs)");
+        break;
+      case Counter::closed_own_listener:
+        out["verdict"] = absl::StrCat("refused: ", own_listener, " is this gateway's own listener");
+        break;
+      default: out["verdict"] = absl::StrCat("refused: ", AbslView(kCounterInfo[static_cast<size_t>(decision.refusal)].name)); break;
+    }
   } else if (live >= max) {
     out["verdict"] = absl::StrCat("refused: app ", app, " holds ", live, " connections, its limit");
-    out["routable"] = false;
   } else {
-    std::string how = !terminate ? "passthrough"
+    std::string how = decision.verdict == Decision::Verdict::kPassthrough ? "passthrough"
                       : name.target.mode == Mode::kGrpc ? "TLS terminated here (ALPN h2), plaintext"
                                                         : "TLS terminated here (ALPN http/1.1), plaintext";
     out["verdict"] = pinned ? absl::StrCat(how, " to the pinned instance")
-                            : absl::StrCat(how, " to one of ", usable, " healthy instances serving port ", port,
-                                           ", chosen at random");
+                            : absl::StrCat(how, " to one of ", CountUsable(in, decision.found, port),
+                                           " healthy instances serving port ", port, ", chosen at random");
     out["routable"] = true;
   }
   return Json(200, out);

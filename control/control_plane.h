@@ -83,6 +83,9 @@ class ControlPlane {
   HttpResponse Metrics();
   HttpResponse ReloadCertificates();
   int64_t LastHandshake(const Registration& reg) const;
+  // What the registry routes at `now`, as the snapshot builder takes it; `health` (may be null)
+  // gets each entry's health.
+  std::vector<RouteEntry> RouteEntries(absl::Time now, std::vector<bool>* health = nullptr) const;
   // Hands the registry's CVM peers to the tunnel; returns their generation.
   uint64_t SyncPeers();
   bool IsLocal(const std::string& address) const;

@@ -62,14 +62,6 @@ Counter HelloCounter(HelloStatus s) {
   }
 }
 
-Counter NameCounter(NameStatus s) {
-  switch (s) {
-    case NameStatus::kUnknownDomain: return Counter::closed_unknown_domain;
-    case NameStatus::kBadPort: return Counter::closed_bad_port;
-    default: return Counter::closed_bad_name;
-  }
-}
-
 }  // namespace
 
 Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, uint32_t max_connections)
@@ -454,42 +446,31 @@ void Worker::OnHelloDone(Conn& c, std::string_view sni) {
     setsockopt(c.cfd, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
     c.lowat_set = false;
   }
-  NameResult name = ParseHostName(sni, options_.base_domains);
+  Decision d = Decide(sni, Inputs());
   c.hello_parser = HelloParser();
   if (c.hello_len == 0) {
     c.hello.reset();  // peeked: the bytes are still in the socket
     c.hello_cap = 0;
   }
-  if (name.status != NameStatus::kOk) {
-    Abort(c, NameCounter(name.status));
+  if (d.refused()) {
+    Abort(c, d.refusal);
     return;
   }
-  c.id = std::move(name.target.id);
-  c.port = name.target.port;
-  if (name.target.mode == Mode::kPassthrough) {
-    StartConnect(c);
-    return;
-  }
-  c.grpc = name.target.mode == Mode::kGrpc;
-  // SSL_new takes its own reference on the context, so a certificate reload
-  // never pulls it from under a live connection.
-  const TlsContexts* tls = snap_->tls();
-  SSL_CTX* ctx = tls ? tls->context(name.target.base_domain, c.grpc) : nullptr;
-  if (ctx == nullptr) {
-    Abort(c, Counter::closed_no_certificate);
-    return;
-  }
-  // No handshake for a name that cannot be routed now: refuse it as passthrough would.
-  RouteSnapshot::Lookup found = snap_->Find(c.id);
-  if (std::optional<Counter> refusal = Unroutable(found, c.port)) {
-    Abort(c, *refusal);
-    return;
-  }
-  if (!TakeAppSlot(c, found)) {
+  c.id = std::move(d.name.target.id);
+  c.port = d.name.target.port;
+  c.grpc = d.name.target.mode == Mode::kGrpc;
+  // A terminated name that cannot be routed now gets no handshake: refused as passthrough would be.
+  if (!TakeAppSlot(c, d.found)) {
     Abort(c, Counter::closed_app_limit);
     return;
   }
-  StartTls(c, ctx);
+  if (d.verdict == Decision::Verdict::kPassthrough) {
+    Connect(c, d.found);
+  } else {
+    // SSL_new takes its own reference on the context, so a certificate reload
+    // never pulls it from under a live connection.
+    StartTls(c, d.context);
+  }
 }
 
 // --- TLS termination (userspace) --------------------------------------------
@@ -645,37 +626,19 @@ bool Worker::TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found) {
   return true;
 }
 
-bool Worker::Usable(const Instance& inst, uint16_t port) const {
-  if (!inst.Serves(port)) return false;
-  sockaddr_storage target = inst.addr;
-  if (target.ss_family == AF_INET) {
-    reinterpret_cast<sockaddr_in*>(&target)->sin_port = htons(port);
-  } else {
-    reinterpret_cast<sockaddr_in6*>(&target)->sin6_port = htons(port);
-  }
-  return !IsOwnListener(target, inst.local, listen_addrs_);
-}
-
-std::optional<Counter> Worker::Unroutable(const RouteSnapshot::Lookup& found, uint16_t port) const {
-  if (found.healthy.empty()) return found.known ? Counter::closed_no_healthy_instance : Counter::closed_unknown_app;
-  if (!found.restricted) return std::nullopt;
-  bool served = false;
-  for (uint32_t i : found.healthy) {
-    const Instance& inst = snap_->instances()[i];
-    if (Usable(inst, port)) return std::nullopt;
-    served = served || inst.Serves(port);
-  }
-  return served ? Counter::closed_own_listener : Counter::closed_port_not_served;
-}
-
 void Worker::StartConnect(Conn& c) {
   RouteSnapshot::Lookup found = snap_->Find(c.id);
   if (c.tries == 0) {
-    if (std::optional<Counter> refusal = Unroutable(found, c.port)) {
+    // After a handshake: the snapshot may have changed since the decision.
+    if (std::optional<Counter> refusal = Route(Inputs(), found, c.port)) {
       Abort(c, *refusal);
       return;
     }
   }
+  Connect(c, found);
+}
+
+void Worker::Connect(Conn& c, const RouteSnapshot::Lookup& found) {
   if (!TakeAppSlot(c, found)) {
     Abort(c, Counter::closed_app_limit);
     return;
@@ -687,7 +650,7 @@ void Worker::StartConnect(Conn& c) {
       found.healthy,
       [&](uint32_t i) {
         const Instance& inst = snap_->instances()[i];
-        if (restricted && !Usable(inst, c.port)) return false;
+        if (restricted && !Usable(inst, c.port, listen_addrs_)) return false;
         if (c.tries == 0) return true;
         uint64_t h = absl::Hash<std::string_view>{}(inst.id);
         for (uint8_t t = 0; t < c.tries; ++t) {

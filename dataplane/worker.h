@@ -18,6 +18,7 @@
 #include "dataplane/snapshot.h"
 #include "dataplane/client_hello.h"
 #include "dataplane/counters.h"
+#include "dataplane/decide.h"
 #include "dataplane/pools.h"
 #include "dataplane/tls.h"
 
@@ -156,16 +157,17 @@ class Worker {
   // A non-data record stopped a read on a kTLS RX socket: true when it was the
   // client's close_notify (the direction ends); otherwise the relay is closed.
   bool OnControlRecord(Conn& c);
-  // Whether a connection to `port` may go to `inst`: it serves the port and is not this gateway's own listener.
-  bool Usable(const Instance& inst, uint16_t port) const;
-  // Why no candidate of `found` can take a connection to `port`; nullopt when one can.
-  std::optional<Counter> Unroutable(const RouteSnapshot::Lookup& found, uint16_t port) const;
+  // What the routing decision (dataplane/decide.h) reads besides the name.
+  RouteInputs Inputs() const { return {*snap_, options_.base_domains, listen_addrs_}; }
   // Counts the connection against its app's limit once; false when the app is full.
   bool TakeAppSlot(Conn& c, const RouteSnapshot::Lookup& found);
   // Passthrough of a hello that was read: sends it to the backend before any
   // other client byte; false when it waits for the socket (or the relay was closed).
   bool FlushReadHello(Conn& c);
+  // After the handshake, and on each retry: asks the snapshot of this batch again.
   void StartConnect(Conn& c);
+  // Picks an instance of `found` not yet tried and connects to it.
+  void Connect(Conn& c, const RouteSnapshot::Lookup& found);
   void OnConnect(Conn& c, int res);
   void StartRelay(Conn& c);
   // The direction's pipe for its next fill: small, or large while the flow is
