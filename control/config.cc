@@ -116,6 +116,14 @@ const std::vector<Flag>& Flags() {
        DurationFlag("healthy-within", &Config::healthy_within)},
       {"workers", "N", "online CPUs", "data-plane threads, each with its own io_uring and listeners",
        IntFlag("workers", &Config::workers, 1, 1024)},
+      {"cpu-affinity", "auto|off", "auto",
+       "auto pins worker N to the Nth CPU this process may run on (in turn when workers outnumber them); "
+       "off leaves them to the scheduler",
+       [](Config& c, const std::string& v) {
+         if (v != "auto" && v != "off") return Bad("cpu-affinity", v, "expected auto or off");
+         c.pin_workers = v == "auto";
+         return absl::OkStatus();
+       }},
       {"hello-timeout", "DURATION", "5s", "time a client has to send its whole ClientHello",
        DurationFlag("hello-timeout", &Config::hello_timeout)},
       {"handshake-timeout", "DURATION", "5s", "time a terminated client has to finish its TLS handshake",

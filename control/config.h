@@ -29,6 +29,7 @@ struct Config {
   absl::Duration health_poll = absl::Seconds(10);
   absl::Duration healthy_within = absl::Minutes(5);
   int workers = 0;  // 0: one per online CPU
+  bool pin_workers = true;  // --cpu-affinity=auto: worker N on the Nth allowed CPU
   absl::Duration hello_timeout = absl::Seconds(5);
   absl::Duration handshake_timeout = absl::Seconds(5);
   std::vector<TlsCertSpec> tls_certs;

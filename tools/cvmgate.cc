@@ -32,6 +32,7 @@
 #include "control/wireguard/supervisor.h"
 #include "control/wireguard/wireguard.h"
 #include "dataplane/counters.h"
+#include "dataplane/cpus.h"
 #include "dataplane/log.h"
 #include "dataplane/strings.h"
 #include "dataplane/tls.h"
@@ -364,13 +365,26 @@ int Main(int argc, char** argv) {
     Log(admin.status().message());
     return 1;
   }
+  // One worker per CPU: each stays where its ring, connections and pipes are warm.
+  const std::vector<int> cpus = config.pin_workers ? AllowedCpus() : std::vector<int>();
   std::vector<std::thread> threads;
-  for (auto& w : pool) threads.emplace_back([&w] { w->Run(); });
+  for (int i = 0; i < workers; ++i) {
+    threads.emplace_back([&w = pool[i], cpu = CpuForWorker(cpus, i)] {
+      if (cpu >= 0) {
+        if (auto s = PinThisThread(cpu); !s.ok()) Log("worker: ", s.message(), "; left to the scheduler");
+      }
+      w->Run();
+    });
+  }
   for (auto& w : pool) w->WaitStarted();  // ready means: no worker thread holds a capability
   std::vector<std::string> addrs;
   for (auto& l : config.listen) addrs.push_back(l.text);
   Log("admin API on ", (*admin)->address().text);
-  Log("ready, listening on ", absl::StrJoin(addrs, " "), " (", workers, " workers, splice-mode ",
+  std::vector<int> worker_cpus;
+  for (int i = 0; i < workers && !cpus.empty(); ++i) worker_cpus.push_back(CpuForWorker(cpus, i));
+  Log("ready, listening on ", absl::StrJoin(addrs, " "), " (", workers, " workers ",
+      cpus.empty() ? std::string("not pinned") : absl::StrCat("on CPUs ", absl::StrJoin(worker_cpus, ",")),
+      ", splice-mode ",
       SpliceModeName(config.splice_mode), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
