@@ -1,0 +1,197 @@
+// A worker's connections (see table.h and connection.h).
+#include "dataplane/conn/table.h"
+
+#include "dataplane/log.h"
+
+namespace cvmgate {
+namespace {
+
+// Which phase may follow which; closing may follow any (Close), and only freeing follows closing.
+bool Allowed(Phase from, Phase to) {
+  switch (from) {
+    case Phase::kFree: return to == Phase::kHello;
+    case Phase::kHello: return to == Phase::kHandshake || to == Phase::kConnect;
+    case Phase::kHandshake: return to == Phase::kConnect;
+    case Phase::kConnect: return to == Phase::kConnect || to == Phase::kRelay;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+const char* PhaseName(Phase phase) {
+  switch (phase) {
+    case Phase::kFree: return "free";
+    case Phase::kHello: return "hello";
+    case Phase::kHandshake: return "handshake";
+    case Phase::kConnect: return "connect";
+    case Phase::kRelay: return "relay";
+    case Phase::kClosing: return "closing";
+  }
+  return "?";
+}
+
+Connections::Connections(uint32_t capacity, ConnEnv& env, std::vector<Runnable>& runq)
+    : env_(env), runq_(runq), capacity_(capacity), conns_(new Conn[capacity]) {
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    conns_[i].slot = i;
+    conns_[i].next_free = i + 1;
+  }
+}
+
+Connections::~Connections() {
+  for (uint32_t i = 0; i < capacity_; ++i) env_.relay.Release(conns_[i].relay);
+}
+
+bool Connections::Accept(Transport client) {
+  if (free_head_ >= capacity_) {
+    env_.counters.Add(Counter::closed_overload);
+    return false;
+  }
+  Conn& c = conns_[free_head_];
+  free_head_ = c.next_free;
+  live_.fetch_add(1, std::memory_order_relaxed);
+  c.client = std::move(client);
+  Apply(c, Step::To(Phase::kHello));
+  return true;
+}
+
+int64_t Connections::Timeout(Phase phase) const {
+  const WorkerOptions& o = env_.options;
+  switch (phase) {
+    case Phase::kHello: return o.hello_timeout_ms;
+    case Phase::kHandshake: return o.handshake_timeout_ms;
+    case Phase::kConnect: return o.connect_timeout_ms;
+    default: return o.idle_timeout_ms;
+  }
+}
+
+void Connections::Apply(Conn& c, Step step) {
+  while (step.kind != Step::kStay) {
+    if (step.kind == Step::kClose) {
+      Close(c, step.reason);
+      return;
+    }
+    if (!Allowed(c.phase, step.next)) {
+      // Cannot happen: a handler asked for a phase that cannot follow its own. Loud, not silent.
+      Log("connection ", c.slot, ": no way from ", PhaseName(c.phase), " to ", PhaseName(step.next));
+      Close(c, Counter::closed_relay_error);
+      return;
+    }
+    c.phase = step.next;
+    SetDeadline(c, env_.now_ms + Timeout(c.phase));
+    step = Enter(c);
+  }
+}
+
+Step Connections::Enter(Conn& c) {
+  switch (c.phase) {
+    case Phase::kHello: return BeginHello(env_, c);
+    case Phase::kHandshake: return BeginHandshake(env_, c);
+    case Phase::kConnect: return BeginConnect(env_, c);
+    case Phase::kRelay: return BeginRelay(env_, c);
+    default: return Step::Stay();
+  }
+}
+
+void Connections::OnCompletion(Tag tag, int res) {
+  if (tag.slot >= capacity_ || conns_[tag.slot].gen != tag.gen || conns_[tag.slot].inflight == 0) {
+    // Cannot happen: a slot is freed only with nothing in flight. Loud, not silent.
+    Log("completion for a stale connection slot (op ", int{static_cast<uint8_t>(tag.op)}, ")");
+    return;
+  }
+  Conn& c = conns_[tag.slot];
+  --c.inflight;
+  if (c.phase == Phase::kClosing) {
+    MaybeFree(c);
+    return;
+  }
+  Step step;
+  switch (tag.op) {
+    case Op::kHelloRecv: step = OnHelloRecv(env_, c, res); break;
+    case Op::kHelloPoll: step = OnHelloPoll(env_, c, res); break;
+    case Op::kTlsPoll: step = OnHandshakePoll(env_, c, res); break;
+    case Op::kConnect: step = OnConnect(env_, c, res); break;
+    default: step = OnRelayEvent(env_, c, tag.op, res); break;
+  }
+  Apply(c, step);
+}
+
+void Connections::RunQueued() {
+  if (runq_.empty()) return;
+  std::vector<Runnable> batch;
+  batch.swap(runq_);
+  for (const Runnable& r : batch) {
+    Conn& c = conns_[r.slot];
+    if (c.gen != r.gen || c.phase != Phase::kRelay) continue;
+    Apply(c, ResumeRelay(env_, c, r.dir));
+  }
+}
+
+void Connections::Close(Conn& c, Counter reason) {
+  if (c.phase == Phase::kClosing || c.phase == Phase::kFree) return;
+  env_.counters.Add(reason);
+  c.phase = Phase::kClosing;
+  if (c.inflight > 0) {
+    for (const Transport* t : {&c.client, &c.instance}) {
+      if (t->valid()) env_.ring.CancelFd(t->fd());
+    }
+  }
+  MaybeFree(c);
+}
+
+void Connections::MaybeFree(Conn& c) {
+  if (c.phase != Phase::kClosing || c.inflight > 0) return;
+  if (c.app_live != nullptr) c.app_live->fetch_sub(1, std::memory_order_relaxed);
+  env_.relay.Release(c.relay);
+  c.client.Close();
+  c.instance.Close();
+  const uint32_t slot = c.slot;
+  const uint32_t gen = c.gen + 1;
+  c = Conn();
+  c.slot = slot;
+  c.gen = gen;
+  c.next_free = free_head_;
+  free_head_ = slot;
+  live_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void Connections::SetDeadline(Conn& c, int64_t when_ms) {
+  c.deadline_ms = when_ms;
+  // One live heap entry per connection; a later deadline is found lazily when the earlier entry pops,
+  // so relay traffic never touches the heap.
+  if (c.timer_ms == 0 || when_ms < c.timer_ms) {
+    timers_.push({when_ms, c.slot, c.gen});
+    c.timer_ms = when_ms;
+  }
+}
+
+void Connections::RunTimers() {
+  while (!timers_.empty() && timers_.top().when_ms <= env_.now_ms) {
+    TimerEntry e = timers_.top();
+    timers_.pop();
+    Conn& c = conns_[e.slot];
+    if (c.gen != e.gen || c.timer_ms != e.when_ms) continue;  // stale entry
+    c.timer_ms = 0;
+    if (c.phase == Phase::kFree || c.phase == Phase::kClosing) continue;
+    if (c.deadline_ms > env_.now_ms) {
+      SetDeadline(c, c.deadline_ms);
+      continue;
+    }
+    switch (c.phase) {
+      case Phase::kHello: Apply(c, Step::Close(Counter::closed_hello_timeout)); break;
+      case Phase::kHandshake: Apply(c, Step::Close(Counter::closed_tls_handshake_timeout)); break;
+      case Phase::kConnect: Apply(c, OnConnectTimeout(env_, c)); break;
+      case Phase::kRelay: Apply(c, Step::Close(Counter::closed_idle_timeout)); break;
+      default: break;
+    }
+  }
+}
+
+void Connections::CloseAll(Counter reason) {
+  for (uint32_t i = 0; i < capacity_; ++i) {
+    if (conns_[i].phase != Phase::kFree) Apply(conns_[i], Step::Close(reason));
+  }
+}
+
+}  // namespace cvmgate
