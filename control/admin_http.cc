@@ -1,9 +1,7 @@
 // Admin HTTP server: request parsing, non-blocking accept/read/write, bearer-token check.
 #include "control/admin_http.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,10 +15,12 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
-#include "dataplane/log.h"
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+
+#include "dataplane/addresses.h"
+#include "dataplane/log.h"
 
 namespace cvmgate {
 namespace {
@@ -180,18 +180,8 @@ socklen_t AdminAddress::ToSockaddr(sockaddr_storage& ss) const {
     std::strncpy(a->sun_path, path.c_str(), sizeof(a->sun_path) - 1);
     return sizeof(*a);
   }
-  if (host.find(':') != std::string::npos) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(port);
-    inet_pton(AF_INET6, host.c_str(), &a->sin6_addr);
-    return sizeof(*a);
-  }
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-  a->sin_family = AF_INET;
-  a->sin_port = htons(port);
-  inet_pton(AF_INET, host.c_str(), &a->sin_addr);
-  return sizeof(*a);
+  ss = SockaddrFromIp(host, port).value_or(sockaddr_storage{});
+  return SockaddrLen(ss);
 }
 
 absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddress& address, std::string token,
@@ -199,7 +189,7 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
   AdminAddress bound = address;
   sockaddr_storage ss;
   socklen_t len = address.ToSockaddr(ss);
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  Fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   int rc;
   if (address.unix_socket) {
     // The runtime directory (e.g. /run/cvmgate) is made when missing, owner-only.
@@ -210,11 +200,8 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
     // belongs to a running process and is never taken from it.
     struct stat st;
     if (lstat(address.path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-      int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      bool answers = connect(probe, reinterpret_cast<sockaddr*>(&ss), len) == 0;
-      close(probe);
-      if (answers) {
-        close(fd);
+      Fd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      if (connect(probe.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0) {
         return absl::FailedPreconditionError(absl::StrCat(
             "admin API ", address.text, ": a running process answers on this socket (another cvmgate?): stop it "
             "first, or give this one another --admin"));
@@ -222,40 +209,34 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
       unlink(address.path.c_str());
     }
     mode_t old = umask(0177);  // the socket is created 0600: only its owner may use the API
-    rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    rc = bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len);
     umask(old);
   } else {
     int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    rc = bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+    setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    rc = bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len);
   }
   if (rc != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": bind: ", std::strerror(e)));
+    return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": bind: ", std::strerror(errno)));
   }
   if (!address.unix_socket) {
     // Port 0 picks a free port: report the real one.
-    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
     bool v6 = ss.ss_family == AF_INET6;
-    bound.port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                          : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+    bound.port = SockaddrPort(ss);
     bound.text = absl::StrCat("tcp:", v6 ? "[" : "", address.host, v6 ? "]" : "", ":", bound.port);
   }
-  if (listen(fd, 64) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": listen: ", std::strerror(e)));
+  if (listen(fd.get(), 64) != 0) {
+    return absl::UnavailableError(absl::StrCat("admin API ", address.text, ": listen: ", std::strerror(errno)));
   }
-  auto server = std::unique_ptr<AdminServer>(new AdminServer(bound, fd, std::move(token), std::move(handler)));
+  auto server =
+      std::unique_ptr<AdminServer>(new AdminServer(bound, std::move(fd), std::move(token), std::move(handler)));
   struct stat own;
   if (address.unix_socket && stat(address.path.c_str(), &own) == 0) server->socket_file_ = {own.st_dev, own.st_ino};
   return server;
 }
 
 AdminServer::~AdminServer() {
-  for (Client& c : clients_) close(c.fd);
-  close(listen_fd_);
   // Only our own socket file: another process may have bound the path since.
   struct stat st;
   if (address_.unix_socket && stat(address_.path.c_str(), &st) == 0 && socket_file_ &&
@@ -265,14 +246,14 @@ AdminServer::~AdminServer() {
 }
 
 void AdminServer::AppendPollFds(std::vector<pollfd>& fds) const {
-  fds.push_back({listen_fd_, POLLIN, 0});
-  for (const Client& c : clients_) fds.push_back({c.fd, static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
+  fds.push_back({listen_fd_.get(), POLLIN, 0});
+  for (const Client& c : clients_) fds.push_back({c.fd.get(), static_cast<short>(c.out.empty() ? POLLIN : POLLOUT), 0});
 }
 
 void AdminServer::Accept(int64_t now_ms) {
   for (;;) {
-    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    Fd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) return;
     if (clients_.size() >= kMaxClients) {
       // Full: the oldest connection still waiting for its request makes room,
       // so idle connections cannot keep an operator out until they time out.
@@ -280,14 +261,10 @@ void AdminServer::Accept(int64_t now_ms) {
       for (auto it = clients_.begin(); it != clients_.end(); ++it) {
         if (it->out.empty() && (oldest == clients_.end() || it->deadline_ms < oldest->deadline_ms)) oldest = it;
       }
-      if (oldest == clients_.end()) {
-        close(fd);  // every slot is writing a reply: that ends soon
-        continue;
-      }
-      close(oldest->fd);
+      if (oldest == clients_.end()) continue;  // every slot is writing a reply, which ends soon: fd closes
       clients_.erase(oldest);
     }
-    clients_.push_back({fd, now_ms + kClientTimeoutMs, {}, {}, 0});
+    clients_.push_back({std::move(fd), now_ms + kClientTimeoutMs, {}, {}, 0});
   }
 }
 
@@ -319,7 +296,7 @@ bool AdminServer::Serve(Client& c) {
   if (c.out.empty()) {
     char buf[4096];
     for (;;) {
-      ssize_t n = read(c.fd, buf, sizeof(buf));
+      ssize_t n = read(c.fd.get(), buf, sizeof(buf));
       if (n > 0) {
         c.in.append(buf, n);
         if (c.in.size() > kMaxHeaderBytes + kMaxBodyBytes) break;
@@ -341,7 +318,7 @@ bool AdminServer::Serve(Client& c) {
     }
   }
   while (c.out_off < c.out.size()) {
-    ssize_t n = write(c.fd, c.out.data() + c.out_off, c.out.size() - c.out_off);
+    ssize_t n = write(c.fd.get(), c.out.data() + c.out_off, c.out.size() - c.out_off);
     if (n > 0) {
       c.out_off += n;
       continue;
@@ -353,18 +330,17 @@ bool AdminServer::Serve(Client& c) {
 
 void AdminServer::OnReady(const std::vector<pollfd>& fds, int64_t now_ms) {
   for (const pollfd& p : fds) {
-    if (p.fd == listen_fd_ && (p.revents & POLLIN)) Accept(now_ms);
+    if (p.fd == listen_fd_.get() && (p.revents & POLLIN)) Accept(now_ms);
   }
   for (size_t i = 0; i < clients_.size();) {
     Client& c = clients_[i];
     bool ready = false;
-    for (const pollfd& p : fds) ready = ready || (p.fd == c.fd && p.revents != 0);
+    for (const pollfd& p : fds) ready = ready || (p.fd == c.fd.get() && p.revents != 0);
     bool keep = now_ms < c.deadline_ms;
     if (keep && ready) keep = Serve(c);
     if (keep) {
       ++i;
     } else {
-      close(c.fd);
       clients_.erase(clients_.begin() + i);
     }
   }

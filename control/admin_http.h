@@ -15,6 +15,8 @@
 
 #include <absl/status/statusor.h>
 
+#include "dataplane/fd.h"
+
 namespace cvmgate {
 
 struct HttpRequest {
@@ -70,20 +72,20 @@ class AdminServer {
 
  private:
   struct Client {
-    int fd;
+    Fd fd;
     int64_t deadline_ms;
     std::string in;
     std::string out;
     size_t out_off = 0;
   };
-  AdminServer(AdminAddress address, int fd, std::string token, Handler handler)
-      : address_(std::move(address)), listen_fd_(fd), token_(std::move(token)), handler_(std::move(handler)) {}
+  AdminServer(AdminAddress address, Fd fd, std::string token, Handler handler)
+      : address_(std::move(address)), listen_fd_(std::move(fd)), token_(std::move(token)), handler_(std::move(handler)) {}
   void Accept(int64_t now_ms);
   bool Serve(Client& c);  // false: the client is finished (close it)
   HttpResponse Dispatch(const HttpRequest& req);
 
   AdminAddress address_;
-  int listen_fd_;
+  Fd listen_fd_;
   std::string token_;
   Handler handler_;
   std::vector<Client> clients_;

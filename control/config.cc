@@ -1,15 +1,14 @@
 // Daemon configuration: a table-driven flag parser, so --help and parsing never disagree.
 #include "control/config.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 #include <cstring>
 #include <functional>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
+
+#include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
 
 namespace cvmgate {
@@ -248,41 +247,13 @@ WorkerOptions WorkerOptionsOf(const Config& config) {
 }
 
 absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text) {
+  // ":443" listens on every IPv4 address, as nginx's "listen 443".
+  auto addr = ParseSockaddr(!text.empty() && text[0] == ':' ? "0.0.0.0" + text : text);
+  if (!addr.ok()) return Bad("listen", text, std::string(addr.status().message()));
   ListenAddress out;
   out.text = text;
-  std::string host;
-  std::string port_text;
-  if (!text.empty() && text[0] == '[') {
-    size_t close = text.find(']');
-    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
-      return Bad("listen", text, "expected [IPv6]:PORT");
-    }
-    host = text.substr(1, close - 1);
-    port_text = text.substr(close + 2);
-  } else {
-    size_t colon = text.rfind(':');
-    if (colon == std::string::npos) return Bad("listen", text, "expected ADDR:PORT");
-    host = text.substr(0, colon);
-    port_text = text.substr(colon + 1);
-    if (host.empty()) host = "0.0.0.0";
-  }
-  uint32_t port;
-  if (!absl::SimpleAtoi(port_text, &port) || port > 65535) {
-    return Bad("listen", text, "the port must be 0-65535");
-  }
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&out.addr);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.addr);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(static_cast<uint16_t>(port));
-    out.addr_len = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    out.addr_len = sizeof(sockaddr_in6);
-  } else {
-    return Bad("listen", text, "the address must be an IPv4 or IPv6 literal");
-  }
+  out.addr = *addr;
+  out.addr_len = SockaddrLen(*addr);
   return out;
 }
 

@@ -6,16 +6,18 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
+#include <nlohmann/json.hpp>
+
 #include "dataplane/addresses.h"
 #include "dataplane/decide.h"
 #include "dataplane/host_name.h"
 #include "dataplane/log.h"
 #include "dataplane/strings.h"
-#include <nlohmann/json.hpp>
 
 namespace cvmgate {
 namespace {
@@ -53,32 +55,18 @@ absl::flat_hash_set<std::string> HostAddresses() {
   if (getifaddrs(&list) != 0) return out;
   for (ifaddrs* a = list; a != nullptr; a = a->ifa_next) {
     if (a->ifa_addr == nullptr) continue;
-    char text[INET6_ADDRSTRLEN];
-    if (a->ifa_addr->sa_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof(text));
-    } else if (a->ifa_addr->sa_family == AF_INET6) {
-      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr, text, sizeof(text));
-    } else {
-      continue;
-    }
-    out.insert(text);
+    int family = a->ifa_addr->sa_family;
+    if (family != AF_INET && family != AF_INET6) continue;
+    sockaddr_storage ss{};
+    std::memcpy(&ss, a->ifa_addr, family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+    out.insert(IpText(ss));
   }
   freeifaddrs(list);
   return out;
 }
 
 sockaddr_storage SockaddrOf(const std::string& address, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-  } else if (inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-  }
-  return ss;
+  return SockaddrFromIp(address, port).value_or(sockaddr_storage{});
 }
 
 }  // namespace

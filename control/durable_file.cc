@@ -25,56 +25,52 @@ absl::Status WriteFileDurably(const std::string& path, const std::string& conten
   std::string dir = ".";
   if (size_t slash = path.rfind('/'); slash != std::string::npos) dir = slash == 0 ? "/" : path.substr(0, slash);
   std::string tmp = absl::StrCat(path, ".tmp.", getpid());
-  int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return Errno("cannot create", tmp);
-  size_t off = 0;
-  while (off < contents.size()) {
-    ssize_t n = write(fd, contents.data() + off, contents.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      auto s = Errno("cannot write", tmp);
-      close(fd);
+  {
+    Fd fd(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (!fd.valid()) return Errno("cannot create", tmp);
+    size_t off = 0;
+    while (off < contents.size()) {
+      ssize_t n = write(fd.get(), contents.data() + off, contents.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        auto s = Errno("cannot write", tmp);
+        unlink(tmp.c_str());
+        return s;
+      }
+      off += n;
+    }
+    if (fsync(fd.get()) != 0) {
+      auto s = Errno("cannot fsync", tmp);
       unlink(tmp.c_str());
       return s;
     }
-    off += n;
   }
-  if (fsync(fd) != 0) {
-    auto s = Errno("cannot fsync", tmp);
-    close(fd);
-    unlink(tmp.c_str());
-    return s;
-  }
-  close(fd);
   if (rename(tmp.c_str(), path.c_str()) != 0) {
     auto s = Errno("cannot rename over", path);
     unlink(tmp.c_str());
     return s;
   }
   // The rename itself is durable only once the directory entry is on disk.
-  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return Errno("cannot open directory", dir);
-  int rc = fsync(dfd);
-  close(dfd);
-  if (rc != 0) return Errno("cannot fsync directory", dir);
+  Fd dfd(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dfd.valid()) return Errno("cannot open directory", dir);
+  if (fsync(dfd.get()) != 0) return Errno("cannot fsync directory", dir);
   return absl::OkStatus();
 }
 
-absl::StatusOr<int> LockBeside(const std::string& path) {
+absl::StatusOr<Fd> LockBeside(const std::string& path) {
   const std::string lock = absl::StrCat(path, ".lock");
-  int fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0 && errno == ENOENT) {
+  Fd fd(open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd.valid() && errno == ENOENT) {
     if (size_t slash = path.rfind('/'); slash != std::string::npos && slash > 0) {
       mkdir(path.substr(0, slash).c_str(), 0700);
-      fd = open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+      fd.reset(open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
     }
   }
-  if (fd < 0) return Errno("cannot create the lock file", lock);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  if (!fd.valid()) return Errno("cannot create the lock file", lock);
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     int err = errno;
     char pid[32] = {};
-    ssize_t n = pread(fd, pid, sizeof(pid) - 1, 0);
-    close(fd);
+    ssize_t n = pread(fd.get(), pid, sizeof(pid) - 1, 0);
     if (err != EWOULDBLOCK) {
       errno = err;
       return Errno("cannot lock", lock);
@@ -85,10 +81,8 @@ absl::StatusOr<int> LockBeside(const std::string& path) {
         ", which holds ", lock, ": stop it first, or give this one its own --state"));
   }
   std::string me = absl::StrCat(getpid(), "\n");
-  if (ftruncate(fd, 0) != 0 || pwrite(fd, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
-    auto s = Errno("cannot write", lock);
-    close(fd);
-    return s;
+  if (ftruncate(fd.get(), 0) != 0 || pwrite(fd.get(), me.data(), me.size(), 0) != static_cast<ssize_t>(me.size())) {
+    return Errno("cannot write", lock);
   }
   return fd;
 }

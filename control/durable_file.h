@@ -6,6 +6,8 @@
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
 
+#include "dataplane/fd.h"
+
 namespace cvmgate {
 
 // Writes `contents` to a temporary file beside `path`, fsyncs it, renames it
@@ -15,8 +17,9 @@ absl::Status WriteFileDurably(const std::string& path, const std::string& conten
 
 // Takes an advisory lock (flock) on `path`.lock, creating it (and a missing
 // parent directory) when needed, and writes this process's pid into it. The
-// returned descriptor holds the lock until the process ends, however it ends;
-// a lock held elsewhere is an error naming the pid that holds it.
-absl::StatusOr<int> LockBeside(const std::string& path);
+// returned descriptor holds the lock while it is open, and the process's end
+// releases it however it ends; a lock held elsewhere is an error naming the pid
+// that holds it.
+absl::StatusOr<Fd> LockBeside(const std::string& path);
 
 }  // namespace cvmgate

@@ -8,12 +8,6 @@
 
 namespace cvmgate {
 
-std::string IpText(in_addr ip) {
-  char buf[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, &ip, buf, sizeof(buf));
-  return buf;
-}
-
 absl::StatusOr<IpPool> IpPool::Create(const std::string& cidr, const std::string& gateway) {
   size_t slash = cidr.find('/');
   in_addr net{};

@@ -9,6 +9,8 @@
 #include <absl/container/flat_hash_set.h>
 #include <absl/status/statusor.h>
 
+#include "dataplane/addresses.h"  // IpText
+
 namespace cvmgate {
 
 class IpPool {
@@ -41,7 +43,5 @@ class IpPool {
   std::string cidr_;
   absl::flat_hash_set<uint32_t> used_;
 };
-
-std::string IpText(in_addr ip);
 
 }  // namespace cvmgate

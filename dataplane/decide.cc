@@ -1,8 +1,6 @@
 // The routing decision (see decide.h).
 #include "dataplane/decide.h"
 
-#include <netinet/in.h>
-
 #include "dataplane/addresses.h"
 #include "dataplane/tls.h"
 
@@ -22,11 +20,7 @@ Counter NameCounter(NameStatus s) {
 bool Usable(const Instance& inst, uint16_t port, std::span<const sockaddr_storage> listeners) {
   if (!inst.Serves(port)) return false;
   sockaddr_storage target = inst.addr;
-  if (target.ss_family == AF_INET) {
-    reinterpret_cast<sockaddr_in*>(&target)->sin_port = htons(port);
-  } else {
-    reinterpret_cast<sockaddr_in6*>(&target)->sin6_port = htons(port);
-  }
+  SetSockaddrPort(target, port);
   return !IsOwnListener(target, inst.local, listeners);
 }
 

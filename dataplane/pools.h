@@ -9,14 +9,15 @@
 #include <vector>
 
 #include "dataplane/counters.h"
+#include "dataplane/fd.h"
 
 namespace cvmgate {
 
 struct Pipe {
-  int r = -1;
-  int w = -1;
+  Fd r;
+  Fd w;
   uint32_t capacity = 0;  // what one splice into it may move
-  bool valid() const { return r >= 0; }
+  bool valid() const { return r.valid(); }
 };
 
 // A relay direction takes a pipe when bytes arrive and gives it back, empty, as
@@ -34,11 +35,6 @@ class PipePool {
   // `large_size` 0 (or 64 KiB) keeps every pipe small.
   PipePool(size_t max_idle, uint32_t large_size, WorkerCounters& counters)
       : max_idle_(max_idle), large_size_(large_size > kSmall ? large_size : 0), counters_(counters) {}
-  ~PipePool() {
-    for (auto* list : {&small_, &large_}) {
-      for (Pipe& p : *list) Close(p);
-    }
-  }
   PipePool(const PipePool&) = delete;
   PipePool& operator=(const PipePool&) = delete;
 
@@ -47,18 +43,18 @@ class PipePool {
     large = large && large_size_ > 0;
     std::vector<Pipe>& idle = large ? large_ : small_;
     if (!idle.empty()) {
-      out = idle.back();
+      out = std::move(idle.back());
       idle.pop_back();
       return true;
     }
     int fds[2];
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
-    out = {fds[0], fds[1], kSmall};
+    out = {Fd(fds[0]), Fd(fds[1]), kSmall};
     // A larger pipe moves more per splice call. Unprivileged processes are
     // capped by fs.pipe-max-size and fs.pipe-user-pages-soft: then the
     // kernel's default capacity stays, which is correct, only slower.
     if (large) {
-      int got = fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(large_size_));
+      int got = fcntl(out.w.get(), F_SETPIPE_SZ, static_cast<int>(large_size_));
       if (got < 0) {
         counters_.Add(Counter::pipe_resize_failed);
         large_size_ = 0;  // the limit stays: small pipes from now on, without asking each time
@@ -75,24 +71,13 @@ class PipePool {
   void PutEmpty(Pipe& p) {
     if (!p.valid()) return;
     std::vector<Pipe>& idle = IsLarge(p) ? large_ : small_;
-    if (idle.size() < max_idle_) {
-      idle.push_back(p);
-    } else {
-      Close(p);
-    }
-    p = {};
+    if (idle.size() < max_idle_) idle.push_back(std::move(p));
+    p = {};  // closes it when the pool is full
   }
   // For a pipe that may still hold bytes (a relay that was cut).
-  void Discard(Pipe& p) {
-    if (p.valid()) Close(p);
-    p = {};
-  }
+  void Discard(Pipe& p) { p = {}; }
 
  private:
-  static void Close(Pipe& p) {
-    close(p.r);
-    close(p.w);
-  }
   size_t max_idle_;
   uint32_t large_size_;
   WorkerCounters& counters_;

@@ -1,12 +1,9 @@
 // Route snapshot: building the immutable lookup tables from the control plane's view.
 #include "dataplane/routes.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
-#include <cstring>
-
 #include <absl/strings/str_cat.h>
+
+#include "dataplane/addresses.h"
 #include "dataplane/strings.h"
 #include "dataplane/tls.h"
 
@@ -14,21 +11,14 @@ namespace cvmgate {
 namespace {
 
 absl::Status ParseAddress(const std::string& text, Instance& inst) {
-  std::memset(&inst.addr, 0, sizeof(inst.addr));
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&inst.addr);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&inst.addr);
-  if (inet_pton(AF_INET, text.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    inst.addr_len = sizeof(sockaddr_in);
-    return absl::OkStatus();
+  std::optional<sockaddr_storage> addr = SockaddrFromIp(text);
+  if (!addr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("instance '", inst.id, "': address '", text, "' is not an IPv4 or IPv6 address"));
   }
-  if (inet_pton(AF_INET6, text.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    inst.addr_len = sizeof(sockaddr_in6);
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("instance '", inst.id, "': address '", text, "' is not an IPv4 or IPv6 address"));
+  inst.addr = *addr;
+  inst.addr_len = SockaddrLen(*addr);
+  return absl::OkStatus();
 }
 
 }  // namespace

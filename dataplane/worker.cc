@@ -16,6 +16,7 @@
 #include <absl/strings/str_cat.h>
 
 #include "dataplane/addresses.h"
+#include "dataplane/clock.h"
 #include "dataplane/log.h"
 #include "dataplane/transport/plain.h"
 
@@ -29,12 +30,6 @@ constexpr int64_t kAcceptRetryMs = 100;
 // (TCP_NOTSENT_LOWAT): without it a reader that stops lets the send queue grow
 // to tcp_wmem's maximum (4 MiB by default) behind its closed window.
 constexpr int kMinUnsentBytes = 256 * 1024;
-
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
-}
 
 // The threads that face the internet need no privilege once their listeners
 // are bound, and capabilities belong to each thread: these drop all of theirs,
@@ -134,7 +129,7 @@ void Worker::Run() {
   DropThreadCapabilities(index_);
   started_.store(true);
   started_.notify_all();
-  env_.now_ms = NowMs();
+  env_.now_ms = MonotonicMs();
   for (size_t i = 0; i < listeners_.size(); ++i) ArmAccept(i);
   ArmWake();
   for (;;) {
@@ -142,7 +137,7 @@ void Worker::Run() {
     reader_.Leave();
     ring_.SubmitAndWait(wait_ms);
     env_.snap = reader_.Enter();
-    env_.now_ms = NowMs();
+    env_.now_ms = MonotonicMs();
     ring_.ForEachCompletion([this](Tag tag, int res, unsigned flags) { Handle(tag, res, flags); });
     conns_.RunQueued();
     conns_.RunTimers();

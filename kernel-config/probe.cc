@@ -37,7 +37,9 @@
 namespace cvmgate {
 namespace {
 
-// A file descriptor closed on scope exit.
+// A file descriptor closed on scope exit. kernel-config includes nothing from
+// the data plane (tools/check-layers holds it to that), so the probe keeps this
+// small copy of dataplane/fd.h.
 class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}

@@ -17,8 +17,10 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
-#include "control/admin_http.h"
 #include <nlohmann/json.hpp>
+
+#include "control/admin_http.h"
+#include "dataplane/fd.h"
 
 namespace cvmgate {
 namespace {
@@ -71,24 +73,21 @@ absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, 
                            const std::string& target, const std::string& body) {
   sockaddr_storage ss;
   socklen_t len = admin.ToSockaddr(ss);
-  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(e),
+  Fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(errno),
                                                admin.unix_socket ? " (is it running? see --admin)" : ""));
   }
   timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   std::string req = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: cvmgate\r\nConnection: close\r\n");
   if (!token.empty()) absl::StrAppend(&req, "Authorization: Bearer ", token, "\r\n");
   if (!body.empty()) absl::StrAppend(&req, "Content-Type: application/json\r\n");
   absl::StrAppend(&req, "Content-Length: ", body.size(), "\r\n\r\n", body);
   for (size_t off = 0; off < req.size();) {
-    ssize_t n = write(fd, req.data() + off, req.size() - off);
+    ssize_t n = write(fd.get(), req.data() + off, req.size() - off);
     if (n <= 0) {
-      close(fd);
       return absl::UnavailableError("the admin API closed the connection");
     }
     off += n;
@@ -96,7 +95,7 @@ absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, 
   std::string in;
   char buf[8192];
   for (;;) {
-    ssize_t n = read(fd, buf, sizeof(buf));
+    ssize_t n = read(fd.get(), buf, sizeof(buf));
     if (n > 0) {
       in.append(buf, n);
       continue;
@@ -104,7 +103,7 @@ absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, 
     if (n < 0 && errno == EINTR) continue;
     break;
   }
-  close(fd);
+  fd.reset();
   size_t sp = in.find(' ');
   size_t end = in.find("\r\n\r\n");
   Reply r;

@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include <absl/strings/str_cat.h>
+
+#include "dataplane/addresses.h"
 #include "kernel-config/netlink.h"
 
 namespace cvmgate {
@@ -37,23 +39,12 @@ nlattr* StartPeer(nlmsghdr* nlh, const WgKey& public_key, uint32_t flags) {
 }
 
 std::string FormatEndpoint(const nlattr* attr) {
-  const void* data = mnl_attr_get_payload(attr);
   size_t len = mnl_attr_get_payload_len(attr);
-  char text[INET6_ADDRSTRLEN];
-  if (len == sizeof(sockaddr_in)) {
-    sockaddr_in sin;
-    memcpy(&sin, data, sizeof(sin));
-    if (sin.sin_family != AF_INET || !inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text))) return "";
-    return absl::StrCat(text, ":", ntohs(sin.sin_port));
-  }
-  if (len == sizeof(sockaddr_in6)) {
-    sockaddr_in6 sin6;
-    memcpy(&sin6, data, sizeof(sin6));
-    if (sin6.sin6_family != AF_INET6 || !inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text))) return "";
-    std::string scope = sin6.sin6_scope_id ? absl::StrCat("%", sin6.sin6_scope_id) : "";
-    return absl::StrCat("[", text, scope, "]:", ntohs(sin6.sin6_port));
-  }
-  return "";
+  if (len != sizeof(sockaddr_in) && len != sizeof(sockaddr_in6)) return "";
+  sockaddr_storage ss{};
+  memcpy(&ss, mnl_attr_get_payload(attr), len);
+  if (ss.ss_family != (len == sizeof(sockaddr_in) ? AF_INET : AF_INET6)) return "";
+  return SockaddrText(ss);
 }
 
 absl::Status Malformed(size_t peer_index, const char* what) {
@@ -284,12 +275,10 @@ class NetlinkWireGuard final : public WireGuard {
   using WireGuard::SetPeer;
   absl::Status SetPeer(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) override {
     alignas(nlmsghdr) char buf[kNlRequestBuffer];
-    char text[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &ip, text, sizeof(text));
     std::optional<sockaddr_storage> where = endpoint.empty() ? std::nullopt : ParseEndpoint(endpoint);
     return sock_.Transact(
         PutWgSetPeer(buf, family_, ifname_, public_key, ip, where ? &*where : nullptr),
-        absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", text, "/32) on ", ifname_));
+        absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", IpText(ip), "/32) on ", ifname_));
   }
 
   absl::Status RemovePeer(const WgKey& public_key) override {

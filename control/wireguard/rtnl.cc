@@ -9,6 +9,8 @@
 
 #include <absl/strings/str_cat.h>
 
+#include "dataplane/addresses.h"
+
 namespace cvmgate {
 namespace {
 
@@ -84,9 +86,7 @@ absl::Status AddAddress(NlSocket& rtnl, const LinkInfo& link, const std::string&
   ifa->ifa_index = static_cast<uint32_t>(link.index);
   mnl_attr_put(nlh, IFA_LOCAL, sizeof(addr), &addr);
   mnl_attr_put(nlh, IFA_ADDRESS, sizeof(addr), &addr);
-  char text[INET_ADDRSTRLEN] = "?";
-  inet_ntop(AF_INET, &addr, text, sizeof(text));
-  absl::Status st = rtnl.Transact(nlh, absl::StrCat("adding address ", text, "/", prefix_len, " to ", ifname));
+  absl::Status st = rtnl.Transact(nlh, absl::StrCat("adding address ", IpText(addr), "/", prefix_len, " to ", ifname));
   // EEXIST: the link has this address and prefix already, which is the goal.
   return absl::IsAlreadyExists(st) ? absl::OkStatus() : st;
 }

@@ -19,8 +19,10 @@
 
 #include <absl/container/flat_hash_set.h>
 #include <absl/strings/str_cat.h>
-#include "kernel-config/netlink.h"
+
+#include "dataplane/addresses.h"
 #include "dataplane/log.h"
+#include "kernel-config/netlink.h"
 
 namespace cvmgate {
 namespace {
@@ -30,8 +32,6 @@ namespace {
 constexpr absl::Duration kUapiTimeout = absl::Seconds(2);
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(500);
 constexpr absl::Duration kKillWait = absl::Seconds(5);
-
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -58,22 +58,19 @@ class SystemPlatform final : public TunnelPlatform {
     // One empty datagram to the discard port: no privilege needed, and the
     // CVM drops it (or answers "port unreachable"), but it has to be encrypted,
     // and that takes a fresh session.
-    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return;
+    Fd fd(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     sockaddr_in to{};
     to.sin_family = AF_INET;
     to.sin_port = htons(9);
     to.sin_addr = ip;
-    (void)sendto(fd, "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
-    close(fd);
+    (void)sendto(fd.get(), "", 0, 0, reinterpret_cast<sockaddr*>(&to), sizeof(to));
   }
   void Kill(pid_t pid, absl::Duration timeout) override {
-    int fd = PidfdOpen(pid);
+    Fd fd = PidfdOpen(pid);
     kill(pid, SIGKILL);  // SIGKILL also ends a stopped process
-    if (fd >= 0) {
-      pollfd p{fd, POLLIN, 0};
+    if (fd.valid()) {
+      pollfd p{fd.get(), POLLIN, 0};
       poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(timeout)));
-      close(fd);
     }
   }
 };
@@ -90,21 +87,16 @@ WireGuardSupervisor::WireGuardSupervisor(Options options, std::unique_ptr<WireGu
   WatchDaemon();
 }
 
-WireGuardSupervisor::~WireGuardSupervisor() {
-  Stop();
-  for (int fd : {daemon_fd_, link_fd_, wake_fd_}) {
-    if (fd >= 0) close(fd);
-  }
-}
+WireGuardSupervisor::~WireGuardSupervisor() { Stop(); }
 
 absl::Status WireGuardSupervisor::Start(int notify_fd) {
   notify_fd_ = notify_fd;
-  wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (wake_fd_ < 0) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
+  wake_fd_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_.valid()) return absl::InternalError(absl::StrCat("eventfd: ", strerror(errno)));
   // Link events make a deleted interface come back at once, not at the next read.
   if (mnl_socket* s = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC | SOCK_NONBLOCK)) {
     if (mnl_socket_bind(s, RTMGRP_LINK, MNL_SOCKET_AUTOPID) == 0) {
-      link_fd_ = dup(mnl_socket_get_fd(s));
+      link_fd_.reset(dup(mnl_socket_get_fd(s)));
     }
     mnl_socket_close(s);
   }
@@ -116,7 +108,7 @@ void WireGuardSupervisor::Stop() {
   if (!thread_.joinable()) return;
   stopping_.store(true);
   uint64_t one = 1;
-  (void)!write(wake_fd_, &one, sizeof(one));
+  (void)!write(wake_fd_.get(), &one, sizeof(one));
   thread_.join();
 }
 
@@ -132,23 +124,22 @@ void WireGuardSupervisor::WatchDaemon() {
   if (pid == daemon_) return;
   ForgetDaemon();
   daemon_ = pid;
-  daemon_fd_ = pid > 0 ? PidfdOpen(pid) : -1;
+  daemon_fd_ = pid > 0 ? PidfdOpen(pid) : Fd();
 }
 
 void WireGuardSupervisor::ForgetDaemon() {
   if (daemon_ <= 0) return;
   // It may still be on its way out (its interface goes before it is a zombie):
   // wait for that, then reap it (and tell how it ended) if this process started it.
-  if (daemon_fd_ >= 0) {
-    pollfd p{daemon_fd_, POLLIN, 0};
+  if (daemon_fd_.valid()) {
+    pollfd p{daemon_fd_.get(), POLLIN, 0};
     poll(&p, 1, static_cast<int>(absl::ToInt64Milliseconds(kKillWait)));
   }
   int status = 0;
   if (waitpid(daemon_, &status, WNOHANG) == daemon_) {
     Log("wireguard: wireguard-go of ", options_.ifname, " (pid ", daemon_, ") exited (", ExitText(status), ")");
   }
-  if (daemon_fd_ >= 0) close(daemon_fd_);
-  daemon_fd_ = -1;
+  daemon_fd_.reset();
   daemon_ = -1;
 }
 
@@ -158,9 +149,9 @@ void WireGuardSupervisor::Want(std::vector<Peer> peers, uint64_t gen) {
     wanted_ = std::move(peers);
     wanted_gen_ = gen;
   }
-  if (wake_fd_ >= 0) {
+  if (wake_fd_.valid()) {
     uint64_t one = 1;
-    (void)!write(wake_fd_, &one, sizeof(one));
+    (void)!write(wake_fd_.get(), &one, sizeof(one));
   }
 }
 
@@ -181,11 +172,11 @@ void WireGuardSupervisor::Run() {
   while (!stopping_.load()) {
     if (absl::Now() >= next) next = Step(absl::Now());
     int64_t wait_ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(next - absl::Now()), 0, 60000);
-    pollfd fds[3] = {{wake_fd_, POLLIN, 0}, {daemon_fd_, POLLIN, 0}, {link_fd_, POLLIN, 0}};
+    pollfd fds[3] = {{wake_fd_.get(), POLLIN, 0}, {daemon_fd_.get(), POLLIN, 0}, {link_fd_.get(), POLLIN, 0}};
     if (poll(fds, 3, static_cast<int>(wait_ms)) <= 0) continue;
     if (fds[0].revents & POLLIN) {
       uint64_t n;
-      (void)!read(wake_fd_, &n, sizeof(n));
+      (void)!read(wake_fd_.get(), &n, sizeof(n));
       next = absl::Now();  // new peers to set, or stopping
     }
     if (fds[1].revents & POLLIN) {
@@ -198,7 +189,7 @@ void WireGuardSupervisor::Run() {
       char buf[8192];
       bool deleted = false, overrun = false;
       for (;;) {
-        ssize_t len = recv(link_fd_, buf, sizeof(buf), MSG_DONTWAIT);
+        ssize_t len = recv(link_fd_.get(), buf, sizeof(buf), MSG_DONTWAIT);
         if (len < 0 && errno == ENOBUFS) {
           overrun = true;  // events were lost: look for ourselves
           continue;
@@ -375,8 +366,7 @@ bool WireGuardSupervisor::Reconcile(const WgDevice& device, const std::vector<Pe
   for (const Peer& want : wanted) {
     std::string key = want.key.ToBase64();
     keep.insert(key);
-    char ip[INET_ADDRSTRLEN];
-    inet_ntop(AF_INET, &want.ip, ip, sizeof(ip));
+    std::string ip = IpText(want.ip);
     auto it = present.find(key);
     if (it != present.end() && it->second->allowed_ips == std::vector<std::string>{absl::StrCat(ip, "/32")}) continue;
     auto endpoint = endpoints_.find(key);

@@ -19,7 +19,9 @@
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
 #include <absl/time/time.h>
+
 #include "control/wireguard/wireguard.h"
+#include "dataplane/fd.h"
 
 namespace cvmgate {
 
@@ -141,8 +143,8 @@ class WireGuardSupervisor final : public Tunnel {
   absl::flat_hash_set<std::string> wanted_before_;  // the peers the last reconcile wanted
   absl::flat_hash_set<std::string> retired_;        // wanted once, not now, still on the device
   pid_t daemon_ = -1;  // wireguard-go of a uapi interface
-  int daemon_fd_ = -1;  // its pidfd: readable when it exits
-  int link_fd_ = -1;    // rtnetlink link events: an interface deleted under us
+  Fd daemon_fd_;  // its pidfd: readable when it exits
+  Fd link_fd_;    // rtnetlink link events: an interface deleted under us
 
   mutable std::mutex mu_;
   std::condition_variable applied_cv_;
@@ -152,7 +154,7 @@ class WireGuardSupervisor final : public Tunnel {
 
   std::thread thread_;
   std::atomic<bool> stopping_{false};
-  int wake_fd_ = -1;
+  Fd wake_fd_;
   int notify_fd_ = -1;
 };
 

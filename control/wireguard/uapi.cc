@@ -15,6 +15,9 @@
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
+
+#include "dataplane/addresses.h"
+#include "dataplane/fd.h"
 #include "dataplane/strings.h"
 
 namespace cvmgate {
@@ -72,11 +75,9 @@ bool ParseNumber(std::string_view text, T* out) {
 std::string UapiGetRequest() { return "get=1\n\n"; }
 
 std::string UapiSetPeerRequest(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) {
-  char text[INET_ADDRSTRLEN] = "";
-  inet_ntop(AF_INET, &ip, text, sizeof(text));
   return absl::StrCat("set=1\npublic_key=", public_key.ToHex(),
                       endpoint.empty() ? "" : absl::StrCat("\nendpoint=", AbslView(endpoint)),
-                      "\nreplace_allowed_ips=true\nallowed_ip=", text, "/32\n\n");
+                      "\nreplace_allowed_ips=true\nallowed_ip=", IpText(ip), "/32\n\n");
 }
 
 std::string UapiRemovePeerRequest(const WgKey& public_key) {
@@ -157,20 +158,6 @@ absl::Status ParseUapiSetReply(std::string_view reply) {
 
 namespace {
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
 absl::Status ConnectError(int err, const std::string& ifname, const std::string& path) {
   std::string text = absl::StrCat("cannot connect to ", path, ": ", strerror(err));
   if (err == ENOENT) {
@@ -184,25 +171,21 @@ absl::Status ConnectError(int err, const std::string& ifname, const std::string&
 }
 
 // A connected socket, blocking until `deadline` at most.
-absl::StatusOr<int> Connect(const std::string& ifname, const std::string& path, absl::Time deadline) {
+absl::StatusOr<Fd> Connect(const std::string& ifname, const std::string& path, absl::Time deadline) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
     return absl::InvalidArgumentError(absl::StrCat("UAPI socket path too long for a unix socket: ", path));
   }
   memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::UnavailableError(absl::StrCat("cannot create a unix socket: ", strerror(errno)));
+  Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return absl::UnavailableError(absl::StrCat("cannot create a unix socket: ", strerror(errno)));
   // A full listen backlog makes connect() wait; SO_SNDTIMEO bounds that wait.
   absl::Duration left = std::max(deadline - absl::Now(), absl::Milliseconds(1));
   timeval tv = absl::ToTimeval(left);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
-    int err = errno;
-    close(fd);
-    return ConnectError(err, ifname, path);
-  }
-  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) return ConnectError(errno, ifname, path);
+  fcntl(fd.get(), F_SETFL, fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
   return fd;
 }
 
@@ -224,10 +207,8 @@ class UapiWireGuard final : public WireGuard {
 
   using WireGuard::SetPeer;
   absl::Status SetPeer(const WgKey& public_key, const in_addr& ip, std::string_view endpoint) override {
-    char text[INET_ADDRSTRLEN] = "?";
-    inet_ntop(AF_INET, &ip, text, sizeof(text));
     return Set(UapiSetPeerRequest(public_key, ip, endpoint),
-               absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", text, "/32) on ", ifname_));
+               absl::StrCat("setting peer ", public_key.ToBase64(), " (allowed-ips ", IpText(ip), "/32) on ", ifname_));
   }
 
   absl::Status RemovePeer(const WgKey& public_key) override {
@@ -258,7 +239,7 @@ class UapiWireGuard final : public WireGuard {
     const absl::Time deadline = absl::Now() + timeout_;
     auto fd_or = Connect(ifname_, path_, deadline);
     if (!fd_or.ok()) return Prefixed(what, fd_or.status());
-    Fd fd(*fd_or);
+    Fd fd = *std::move(fd_or);
     auto wait = [&](short events) -> absl::Status {
       for (;;) {
         int64_t left_ms = absl::ToInt64Milliseconds(deadline - absl::Now());
@@ -318,9 +299,7 @@ absl::StatusOr<std::unique_ptr<WireGuard>> OpenUapiWireGuard(const std::string& 
   if (!S_ISSOCK(st.st_mode)) {
     return absl::FailedPreconditionError(absl::StrCat(socket_path, " is not a socket, so not wireguard-go's UAPI"));
   }
-  auto fd = Connect(ifname, socket_path, absl::Now() + timeout);
-  if (!fd.ok()) return fd.status();
-  close(*fd);
+  if (auto fd = Connect(ifname, socket_path, absl::Now() + timeout); !fd.ok()) return fd.status();
   return std::unique_ptr<WireGuard>(new UapiWireGuard(ifname, socket_path, timeout));
 }
 

@@ -23,19 +23,18 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/strip.h>
 #include <absl/time/clock.h>
+
 #include "control/wireguard/genl.h"
-#include "kernel-config/netlink.h"
 #include "control/wireguard/rtnl.h"
 #include "control/wireguard/uapi.h"
+#include "dataplane/addresses.h"
 #include "dataplane/strings.h"
+#include "kernel-config/netlink.h"
 
 extern char** environ;
 
 namespace cvmgate {
 namespace {
-
-// glibc 2.36's <sys/pidfd.h> lacks extern "C", so its pidfd_open does not link from C++.
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
 
 // wireguard-go daemonizes once its interface and socket exist; starting it
 // takes well under a second, so this only bounds a hung start.
@@ -86,17 +85,14 @@ pid_t UapiServerPid(const std::string& path) {
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) return -1;
   memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  pid_t pid = -1;
+  Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   ucred cred{};
   socklen_t len = sizeof(cred);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-    pid = cred.pid;
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+    return cred.pid;
   }
-  close(fd);
-  return pid;
+  return -1;
 }
 
 // Runs `wireguard-go IFNAME` in the calling thread's network namespace, in
@@ -154,12 +150,11 @@ absl::Status StartWireguardGo(const std::string& ifname) {
   }
 
   const std::string path = UapiPath(kDefaultUapiDir, ifname);
-  int pidfd = PidfdOpen(pid);
+  Fd pidfd = PidfdOpen(pid);
   absl::Status last;
   for (;;) {
-    pollfd pfd{pidfd, POLLIN, 0};
-    if (pidfd >= 0 && poll(&pfd, 1, 0) > 0) {
-      close(pidfd);
+    pollfd pfd{pidfd.get(), POLLIN, 0};
+    if (pidfd.valid() && poll(&pfd, 1, 0) > 0) {
       int status = 0;
       while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
       }
@@ -170,17 +165,13 @@ absl::Status StartWireguardGo(const std::string& ifname) {
     }
     // The socket's path is not namespaced: only an answer from this child counts.
     pid_t server = UapiServerPid(path);
-    if (server == pid) {
-      if (pidfd >= 0) close(pidfd);
-      return absl::OkStatus();
-    }
+    if (server == pid) return absl::OkStatus();
     last = server < 0 ? absl::UnavailableError(absl::StrCat("nothing answers at ", path))
                       : absl::FailedPreconditionError(absl::StrCat(path, " is served by another process (pid ", server,
                                                                    "): another wireguard-go with this name?"));
     if (absl::Now() >= deadline) break;
     absl::SleepFor(absl::Milliseconds(10));
   }
-  if (pidfd >= 0) close(pidfd);
   kill(pid, SIGKILL);
   while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
   }
@@ -287,28 +278,15 @@ absl::StatusOr<std::string> EnsureInterface(const std::string& backend, const st
 }
 
 std::optional<sockaddr_storage> ParseEndpoint(std::string_view text) {
-  sockaddr_storage ss{};
-  size_t colon = text.rfind(':');
-  uint32_t port = 0;
-  if (colon == std::string_view::npos || !absl::SimpleAtoi(AbslView(text.substr(colon + 1)), &port) || port == 0 ||
-      port > 65535) {
-    return std::nullopt;
+  // A scope ("[fe80::1%2]:51820") is dropped: the kernel reports one only for link-local.
+  std::string plain(text);
+  if (size_t pct = plain.find('%'), close = plain.find(']'); pct != std::string::npos && close != std::string::npos &&
+                                                                 pct < close) {
+    plain.erase(pct, close - pct);
   }
-  std::string host(text.substr(0, colon));
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-    host = host.substr(0, host.find('%'));  // a scope is dropped: the kernel reports one only for link-local
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) != 1) return std::nullopt;
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(static_cast<uint16_t>(port));
-    return ss;
-  }
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) != 1) return std::nullopt;
-  v4->sin_family = AF_INET;
-  v4->sin_port = htons(static_cast<uint16_t>(port));
-  return ss;
+  absl::StatusOr<sockaddr_storage> ss = ParseSockaddr(plain);
+  if (!ss.ok() || SockaddrPort(*ss) == 0) return std::nullopt;
+  return *ss;
 }
 
 absl::StatusOr<bool> LinkExists(const std::string& ifname) {
@@ -320,6 +298,9 @@ absl::StatusOr<bool> LinkExists(const std::string& ifname) {
   return link.status();
 }
 
+// glibc 2.36's <sys/pidfd.h> lacks extern "C", so its pidfd_open does not link from C++.
+Fd PidfdOpen(pid_t pid) { return Fd(static_cast<int>(syscall(SYS_pidfd_open, pid, 0))); }
+
 pid_t FindWireguardGo(const std::string& ifname) {
   struct stat own;
   if (stat("/proc/thread-self/ns/net", &own) != 0) return -1;
@@ -330,11 +311,10 @@ pid_t FindWireguardGo(const std::string& ifname) {
     pid_t pid = 0;
     if (!absl::SimpleAtoi(e->d_name, &pid) || pid <= 0) continue;
     std::string base = absl::StrCat("/proc/", pid);
-    int fd = open((base + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
+    Fd fd(open((base + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) continue;
     char buf[512];
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
+    ssize_t n = read(fd.get(), buf, sizeof(buf) - 1);
     if (n <= 0) continue;  // a kernel thread, or a zombie
     // argv is NUL-separated: wireguard-go [-f|--foreground] IFNAME
     std::vector<std::string_view> argv;

@@ -17,6 +17,8 @@
 #include <absl/status/statusor.h>
 #include <absl/time/time.h>
 
+#include "dataplane/fd.h"
+
 namespace cvmgate {
 
 // A Curve25519 key as WireGuard uses it (private, public or preshared).
@@ -105,5 +107,9 @@ absl::StatusOr<bool> LinkExists(const std::string& ifname);
 // The wireguard-go process serving `ifname` in the calling thread's network
 // namespace (the one cvmgate started, or one it adopted), or -1.
 pid_t FindWireguardGo(const std::string& ifname);
+
+// pidfd_open(2): a descriptor that polls readable once `pid` has exited
+// (invalid when the kernel or the pid says no).
+Fd PidfdOpen(pid_t pid);
 
 }  // namespace cvmgate

@@ -1,11 +1,9 @@
 // The connect phase: a healthy instance not yet tried, picked at random; another one after a failure.
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
 #include <cstring>
 
 #include <absl/hash/hash.h>
 
+#include "dataplane/addresses.h"
 #include "dataplane/conn/phases.h"
 
 namespace cvmgate {
@@ -47,11 +45,7 @@ Step BeginConnect(ConnEnv& env, Conn& c) {
   c.tried[c.tries++] = absl::Hash<std::string_view>{}(inst.id);
   std::memcpy(&c.target, &inst.addr, inst.addr_len);
   c.target_len = inst.addr_len;
-  if (c.target.ss_family == AF_INET) {
-    reinterpret_cast<sockaddr_in*>(&c.target)->sin_port = htons(c.port);
-  } else {
-    reinterpret_cast<sockaddr_in6*>(&c.target)->sin6_port = htons(c.port);
-  }
+  SetSockaddrPort(c.target, c.port);
   env.counters.Add(Counter::connect_attempts);
   c.instance = env.open_instance(c.target.ss_family);
   if (!c.instance.valid()) {

@@ -60,7 +60,7 @@ RelayStatus RelayEngine::PumpInline(RelayConn& c, int d) {
   for (;;) {
     const bool copy = x.engine == Direction::Engine::kCopy;
     if (x.pending() > 0) {
-      Io io = copy ? dst.Write(x.buf.get() + x.buf_off, x.pending()) : dst.SpliceOut(x.pipe.r, x.pipe_bytes);
+      Io io = copy ? dst.Write(x.buf.get() + x.buf_off, x.pending()) : dst.SpliceOut(x.pipe.r.get(), x.pipe_bytes);
       if (io.status == Io::kBytes) {
         Delivered(x, d, io.bytes);
         st.moved = true;
@@ -86,7 +86,7 @@ RelayStatus RelayEngine::PumpInline(RelayConn& c, int d) {
       continue;
     }
     if (copy && !x.buf) x.buf = buffers_.Get();
-    Io io = copy ? src.Read(x.buf.get(), BufferPool::kSize) : src.SpliceIn(x.pipe.w, x.pipe.capacity);
+    Io io = copy ? src.Read(x.buf.get(), BufferPool::kSize) : src.SpliceIn(x.pipe.w.get(), x.pipe.capacity);
     switch (io.status) {
       case Io::kBytes:
         Filled(x, io.bytes);
@@ -113,7 +113,7 @@ RelayStatus RelayEngine::PumpRing(RelayConn& c, int d) {
   const Transport& dst = *c.side[1 - d];
   if (x.pipe_bytes > 0) {
     x.state = Direction::State::kWaiting;
-    c.ring.Splice({ForDirection(Op::kSpliceOut0, d), c.slot, c.gen}, x.pipe.r, dst.fd(), x.pipe_bytes);
+    c.ring.Splice({ForDirection(Op::kSpliceOut0, d), c.slot, c.gen}, x.pipe.r.get(), dst.fd(), x.pipe_bytes);
     ++c.inflight;
     return st;
   }
@@ -124,7 +124,7 @@ RelayStatus RelayEngine::PumpRing(RelayConn& c, int d) {
     return PumpInline(c, d);
   }
   x.state = Direction::State::kWaiting;
-  c.ring.Splice({ForDirection(Op::kSpliceIn0, d), c.slot, c.gen}, src.fd(), x.pipe.w, x.pipe.capacity);
+  c.ring.Splice({ForDirection(Op::kSpliceIn0, d), c.slot, c.gen}, src.fd(), x.pipe.w.get(), x.pipe.capacity);
   ++c.inflight;
   return st;
 }

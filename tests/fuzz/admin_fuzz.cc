@@ -10,8 +10,10 @@
 #include <cstdlib>
 #include <string>
 
-#include "control/control_plane.h"
 #include <nlohmann/json.hpp>
+
+#include "control/control_plane.h"
+#include "dataplane/addresses.h"
 #include "tests/common/fake_tunnel.h"
 
 namespace {
@@ -43,10 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FixedClock clock;
   cvmgate::ControlOptions options;
   options.base_domains = {"example.test", "gw.example.org"};
-  sockaddr_storage any{};
-  any.ss_family = AF_INET;
-  reinterpret_cast<sockaddr_in*>(&any)->sin_port = htons(443);
-  options.listeners = {any};
+  options.listeners = {cvmgate::SockaddrFromIp("0.0.0.0", 443).value()};
   cvmgate::ControlPlane control(options, registry, domain, &tunnel, clock, [] { return std::string(); });
 
   const std::string input(reinterpret_cast<const char*>(data), size);

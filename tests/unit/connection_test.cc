@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/addresses.h"
 #include "dataplane/tls.h"
 #include "dataplane/transport/plain.h"
 #include "tests/common/hello_builder.h"
@@ -142,21 +143,7 @@ const TransportOps kFakeCopyOps = {"fake-copy",       FakeRead,          FakeWri
 
 // --- the fixture ---------------------------------------------------------------
 
-sockaddr_storage V4(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  v4->sin_family = AF_INET;
-  v4->sin_port = htons(port);
-  inet_pton(AF_INET, ip, &v4->sin_addr);
-  return ss;
-}
-
-std::string Text(const sockaddr_storage& ss) {
-  char ip[INET_ADDRSTRLEN] = {};
-  auto* v4 = reinterpret_cast<const sockaddr_in*>(&ss);
-  inet_ntop(AF_INET, &v4->sin_addr, ip, sizeof(ip));
-  return std::string(ip) + ":" + std::to_string(ntohs(v4->sin_port));
-}
+sockaddr_storage V4(const char* ip, uint16_t port) { return SockaddrFromIp(ip, port).value(); }
 
 std::string HelloFor(const std::string& host) {
   auto bytes = testing::HelloBuilder().Sni(host).Build();
@@ -286,7 +273,7 @@ TEST_F(ConnectionTest, PassthroughPeeksTheHelloConnectsAndRelaysBothWays) {
   EXPECT_EQ(recv.flags, MSG_PEEK) << "the hello stays in the socket";
   EXPECT_EQ(c.phase, Phase::kConnect);
   Submitted connect = ring_.Take(Op::kConnect);
-  std::string target = Text(connect.addr);
+  std::string target = SockaddrText(connect.addr);
   EXPECT_TRUE(target == "10.0.0.2:8443" || target == "10.0.0.3:8443") << target;
   table_->OnCompletion(connect.tag, 0);
   ASSERT_EQ(c.phase, Phase::kRelay);
@@ -394,7 +381,7 @@ TEST_F(ConnectionTest, AFailedConnectTriesAnotherInstanceThenGivesUp) {
   table_->OnCompletion(first.tag, -ECONNREFUSED);
   EXPECT_EQ(c.phase, Phase::kConnect);
   Submitted second = ring_.Take(Op::kConnect);
-  EXPECT_NE(Text(first.addr), Text(second.addr)) << "an instance already tried is not tried again";
+  EXPECT_NE(SockaddrText(first.addr), SockaddrText(second.addr)) << "an instance already tried is not tried again";
   table_->OnCompletion(second.tag, -ECONNREFUSED);
   EXPECT_EQ(Count(Counter::connect_failed), 2u);
   EXPECT_EQ(Count(Counter::closed_connect_failed), 1u) << "--connect-tries 2";

@@ -8,6 +8,8 @@
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
+
+#include "dataplane/addresses.h"
 #include "tests/common/fake_tunnel.h"
 
 namespace cvmgate {
@@ -29,11 +31,7 @@ ControlOptions Options() {
   ControlOptions o;
   o.base_domains = {"example.test"};
   o.gateway_endpoint = "gw.example.test:51820";
-  sockaddr_storage any{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&any);
-  v4->sin_family = AF_INET;
-  v4->sin_port = htons(443);  // listening on 0.0.0.0:443
-  o.listeners = {any};
+  o.listeners = {SockaddrFromIp("0.0.0.0", 443).value()};
   return o;
 }
 

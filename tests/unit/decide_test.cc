@@ -8,20 +8,14 @@
 
 #include <filesystem>
 
+#include "dataplane/addresses.h"
 #include "dataplane/tls.h"
 #include "tests/common/test_cert.h"
 
 namespace cvmgate {
 namespace {
 
-sockaddr_storage V4(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  v4->sin_family = AF_INET;
-  v4->sin_port = htons(port);
-  inet_pton(AF_INET, ip, &v4->sin_addr);
-  return ss;
-}
+sockaddr_storage V4(const char* ip, uint16_t port) { return SockaddrFromIp(ip, port).value(); }
 
 class DecideTest : public ::testing::Test {
  protected:

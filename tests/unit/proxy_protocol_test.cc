@@ -6,32 +6,18 @@
 
 #include <vector>
 
+#include "dataplane/addresses.h"
+
 namespace cvmgate {
 namespace {
 
-sockaddr_storage V4(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-  a->sin_family = AF_INET;
-  a->sin_port = htons(port);
-  inet_pton(AF_INET, ip, &a->sin_addr);
-  return ss;
-}
-
-sockaddr_storage V6(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-  a->sin6_family = AF_INET6;
-  a->sin6_port = htons(port);
-  inet_pton(AF_INET6, ip, &a->sin6_addr);
-  return ss;
-}
+sockaddr_storage Addr(const char* ip, uint16_t port) { return SockaddrFromIp(ip, port).value(); }
 
 const std::vector<uint8_t> kSig = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
 
 TEST(ProxyV2, Ipv4) {
   uint8_t out[kProxyV2MaxHeader];
-  size_t n = BuildProxyV2(V4("192.0.2.7", 50000), V4("198.51.100.1", 443), out);
+  size_t n = BuildProxyV2(Addr("192.0.2.7", 50000), Addr("198.51.100.1", 443), out);
   std::vector<uint8_t> want = kSig;
   want.insert(want.end(), {0x21, 0x11, 0x00, 0x0c, 192, 0, 2, 7, 198, 51, 100, 1, 0xc3, 0x50, 0x01, 0xbb});
   EXPECT_EQ(std::vector<uint8_t>(out, out + n), want);
@@ -39,7 +25,7 @@ TEST(ProxyV2, Ipv4) {
 
 TEST(ProxyV2, Ipv6AndMixedFamilies) {
   uint8_t out[kProxyV2MaxHeader];
-  size_t n = BuildProxyV2(V6("2001:db8::1", 1), V6("2001:db8::2", 443), out);
+  size_t n = BuildProxyV2(Addr("2001:db8::1", 1), Addr("2001:db8::2", 443), out);
   ASSERT_EQ(n, 52u);
   EXPECT_EQ(out[12], 0x21);
   EXPECT_EQ(out[13], 0x21);
@@ -49,7 +35,7 @@ TEST(ProxyV2, Ipv6AndMixedFamilies) {
   EXPECT_EQ(out[47], 0x02);
   EXPECT_EQ(out[49], 0x01);
   // A v4 client on a v6 listener is sent as an IPv4-mapped IPv6 address.
-  n = BuildProxyV2(V4("192.0.2.7", 80), V6("::1", 443), out);
+  n = BuildProxyV2(Addr("192.0.2.7", 80), Addr("::1", 443), out);
   ASSERT_EQ(n, 52u);
   std::vector<uint8_t> mapped(out + 16, out + 32);
   EXPECT_EQ(mapped, (std::vector<uint8_t>{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7}));

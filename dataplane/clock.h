@@ -1,0 +1,18 @@
+// The one clock for timers and timeouts: monotonic milliseconds, which a change
+// of the wall clock never moves. Wall time (absl::Now) is only for what is
+// compared with wall time from elsewhere, such as WireGuard's last handshake.
+#pragma once
+
+#include <time.h>
+
+#include <cstdint>
+
+namespace cvmgate {
+
+inline int64_t MonotonicMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+}  // namespace cvmgate
