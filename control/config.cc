@@ -8,6 +8,7 @@
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
 
+#include "control/args.h"
 #include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
 
@@ -258,36 +259,25 @@ absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text) {
 }
 
 absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
+  auto find = [](std::string_view name) -> const Flag* {
+    for (const Flag& f : Flags()) {
+      if (name == f.name) return &f;
+    }
+    return nullptr;
+  };
+  auto parsed = ParseArgs(args, [&](std::string_view name) {
+    const Flag* f = find(name);
+    return f == nullptr ? ArgKind::kUnknown : f->arg == nullptr ? ArgKind::kSwitch : ArgKind::kOption;
+  });
+  if (!parsed.ok()) return absl::InvalidArgumentError(absl::StrCat(parsed.status().message(), " (see --help)"));
+  if (!parsed->positional.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", parsed->positional[0], "' (see --help)"));
+  }
   Config c;
   bool listen_given = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "' (see --help)"));
-    }
-    std::string name = arg.substr(2);
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name.resize(eq);
-      has_value = true;
-    }
-    const Flag* flag = nullptr;
-    for (const Flag& f : Flags()) {
-      if (name == f.name) flag = &f;
-    }
-    if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name, " (see --help)"));
-    if (flag->arg == nullptr) {
-      if (has_value) return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
-    } else if (!has_value) {
-      if (i + 1 >= args.size()) {
-        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value: ", flag->arg));
-      }
-      value = args[++i];
-    }
+  for (const auto& [name, value] : parsed->options) {
     if (name == "listen") listen_given = true;
-    if (auto s = flag->set(c, value); !s.ok()) return s;
+    if (auto s = find(name)->set(c, value); !s.ok()) return s;
   }
   if (c.help || c.version) return c;
   if (!listen_given) {

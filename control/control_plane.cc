@@ -13,6 +13,7 @@
 #include <absl/strings/str_cat.h>
 #include <nlohmann/json.hpp>
 
+#include "control/metrics.h"
 #include "dataplane/addresses.h"
 #include "dataplane/decide.h"
 #include "dataplane/host_name.h"
@@ -498,15 +499,10 @@ HttpResponse ControlPlane::SetAppSettings(const HttpRequest& req) {
 }
 
 HttpResponse ControlPlane::Metrics() {
-  std::string out = worker_metrics_ ? worker_metrics_() : "";
-  auto gauge = [&](const char* name, const char* help, double value) {
-    absl::StrAppend(&out, "# HELP cvmgate_", name, " ", help, "\n# TYPE cvmgate_", name, " gauge\ncvmgate_", name, " ",
-                    value, "\n");
-  };
-  auto counter = [&](const char* name, const char* help, double value) {
-    absl::StrAppend(&out, "# HELP cvmgate_", name, " ", help, "\n# TYPE cvmgate_", name, " counter\ncvmgate_",
-                    name, " ", value, "\n");
-  };
+  MetricsText m;
+  if (worker_metrics_) m.Append(worker_metrics_());
+  auto gauge = [&m](const char* name, const char* help, auto value) { m.Gauge(name, help, value); };
+  auto counter = [&m](const char* name, const char* help, uint64_t value) { m.Counter(name, help, value); };
   const Tunnel::View& t = tunnel_view_;
   gauge("instances", "registered instances", registry_.instances().size());
   gauge("healthy_instances", "instances routable now", healthy_count_);
@@ -532,7 +528,7 @@ HttpResponse ControlPlane::Metrics() {
   counter("snapshot_publishes_total", "route snapshots published", publishes_);
   counter("certificate_loads_total", "times the --tls-cert files were loaded", certificate_reloads_);
   counter("ticket_key_rotations_total", "session-ticket keys made", tickets_.rotations());
-  return {200, "text/plain; version=0.0.4", out};
+  return {200, "text/plain; version=0.0.4", m.Take()};
 }
 
 }  // namespace cvmgate

@@ -8,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
@@ -55,6 +57,14 @@ absl::Status WriteFileDurably(const std::string& path, const std::string& conten
   if (!dfd.valid()) return Errno("cannot open directory", dir);
   if (fsync(dfd.get()) != 0) return Errno("cannot fsync directory", dir);
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
 }
 
 absl::StatusOr<Fd> LockBeside(const std::string& path) {

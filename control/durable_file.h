@@ -15,6 +15,9 @@ namespace cvmgate {
 // crash or power loss at any moment.
 absl::Status WriteFileDurably(const std::string& path, const std::string& contents);
 
+// A small file's contents without surrounding whitespace (a key, a token).
+absl::StatusOr<std::string> ReadSmallFile(const std::string& path);
+
 // Takes an advisory lock (flock) on `path`.lock, creating it (and a missing
 // parent directory) when needed, and writes this process's pid into it. The
 // returned descriptor holds the lock while it is open, and the process's end

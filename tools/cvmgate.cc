@@ -1,48 +1,37 @@
-// cvmgate daemon: flags, WireGuard and registry setup, one worker per core, and the control loop
-// (signals, admin API, health polls) on the main thread.
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/eventfd.h>
+// cvmgate daemon, the composition root: flags and the kernel probe, the registry and
+// WireGuard, one worker per CPU, then control/control_loop.h on the main thread.
 #include <sys/resource.h>
-#include <sys/signalfd.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_join.h>
+#include <absl/strings/strip.h>
+
 #include "control/admin_http.h"
+#include "control/args.h"
 #include "control/config.h"
+#include "control/control_loop.h"
 #include "control/control_plane.h"
 #include "control/durable_file.h"
 #include "control/ip_pool.h"
 #include "control/registry.h"
-#include "dataplane/snapshot.h"
+#include "control/wireguard/setup.h"
 #include "control/wireguard/supervisor.h"
-#include "control/wireguard/wireguard.h"
-#include "dataplane/counters.h"
 #include "dataplane/cpus.h"
 #include "dataplane/log.h"
-#include "dataplane/strings.h"
-#include "dataplane/tls.h"
+#include "dataplane/snapshot.h"
 #include "dataplane/worker.h"
 #include "kernel-config/probe.h"
 
 namespace cvmgate {
 namespace {
-
-using Workers = std::vector<std::unique_ptr<Worker>>;
 
 // Raises the soft descriptor limit to the hard one and sizes the connection
 // table from it: a relay holds 2 sockets; pipes come from per-worker pools.
@@ -61,29 +50,31 @@ uint32_t MaxConnections(const Config& config, int workers) {
 // `cvmgate probe [--json] [--wg-interface IF]`: the capability table; exit 1
 // when a required feature is missing.
 int ProbeCommand(const std::vector<std::string>& args) {
-  bool json = false;
-  std::string wg_interface;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--json") {
-      json = true;
-    } else if (args[i] == "--wg-interface" && i + 1 < args.size()) {
-      wg_interface = args[++i];
-    } else if (args[i].rfind("--wg-interface=", 0) == 0) {
-      wg_interface = args[i].substr(15);
-    } else if (args[i] == "--help" || args[i] == "-h") {
-      std::fputs("usage: cvmgate probe [--json] [--wg-interface IF]\n\n"
+  auto parsed = ParseArgs(args, [](std::string_view name) {
+    return name == "json" || name == "help" ? ArgKind::kSwitch
+           : name == "wg-interface"         ? ArgKind::kOption
+                                            : ArgKind::kUnknown;
+  });
+  if (!parsed.ok() || !parsed->positional.empty()) {
+    std::string why = parsed.ok() ? absl::StrCat("unexpected argument '", parsed->positional[0], "'")
+                      : absl::IsNotFound(parsed.status())
+                          ? absl::StrCat("unexpected argument '",
+                                         absl::StripPrefix(parsed.status().message(), "unknown flag "), "'")
+                          : std::string(parsed.status().message());
+    Log("probe: ", why, " (see cvmgate probe --help)");
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    std::fputs("usage: cvmgate probe [--json] [--wg-interface IF]\n\n"
                  "Tries io_uring and each ring operation cvmgate uses, splice on TCP, kTLS (TLS 1.2/1.3 ciphers,\n"
                  "TX and RX), kernel WireGuard and wireguard-go, nftables, the descriptor limit and the sysctl\n"
                  "profile (kernel-config/sysctl.d; per-interface ones for IF), and says what cvmgate uses for\n"
                  "each. Exit status 1 only when a required feature is missing.\n",
-                 stdout);
-      return 0;
-    } else {
-      Log("probe: unexpected argument '", args[i], "' (see cvmgate probe --help)");
-      return 2;
-    }
+               stdout);
+    return 0;
   }
-  ProbeFacts facts = ProbeKernel(wg_interface);
+  bool json = parsed->Has("json");
+  ProbeFacts facts = ProbeKernel(parsed->Get("wg-interface"));
   ProbeDecisions decisions = Decide(facts);
   std::fputs((json ? ProbeJson(facts, decisions) : ProbeTable(facts, decisions)).c_str(), stdout);
   return decisions.ok() ? 0 : 1;
@@ -113,121 +104,6 @@ bool ApplyProbe(Config& config) {
   Log("probe: kernel ", facts.kernel, "; TLS ", config.tls_policy.offload() ? "kTLS where it can" : "userspace",
       "; relay ", relay, "; WireGuard ", decisions.wireguard.empty() ? "none" : decisions.wireguard);
   return true;
-}
-
-uint64_t Sum(const Workers& workers, size_t counter) {
-  uint64_t sum = 0;
-  for (auto& w : workers) sum += w->counters().Get(static_cast<Counter>(counter));
-  return sum;
-}
-
-uint64_t Live(const Workers& workers) {
-  uint64_t live = 0;
-  for (auto& w : workers) live += w->live_connections();
-  return live;
-}
-
-int64_t PipeBytes(const Workers& workers) {
-  int64_t held = 0;
-  for (auto& w : workers) held += w->pipe_bytes();
-  return held;
-}
-
-struct ReloadCounters {
-  uint64_t ok = 0;
-  uint64_t failed = 0;
-};
-
-void PrintCounters(const Workers& workers, const ReloadCounters& reloads, const SnapshotDomain& domain) {
-  std::string out = "cvmgate: counters begin\n";
-  for (size_t i = 0; i < kCounterCount; ++i) absl::StrAppend(&out, AbslView(kCounterInfo[i].name), " ", Sum(workers, i), "\n");
-  const RouteSnapshot* snap = domain.current();
-  absl::StrAppend(&out, "reload_ok ", reloads.ok, "\n", "reload_failed ", reloads.failed, "\n", "live_connections ",
-                  Live(workers), "\n", "relay_pipe_bytes ", PipeBytes(workers), "\n", "apps ", snap->app_count(), "\n", "instances ", snap->instances().size(), "\n",
-                  "cvmgate: counters end\n");
-  (void)!write(STDERR_FILENO, out.data(), out.size());
-}
-
-std::string WorkerMetrics(const Workers& workers, const ReloadCounters& reloads) {
-  std::string out;
-  for (size_t i = 0; i < kCounterCount; ++i) {
-    std::string name = absl::StrCat("cvmgate_", AbslView(kCounterInfo[i].name), "_total");
-    absl::StrAppend(&out, "# HELP ", name, " ", AbslView(kCounterInfo[i].help), "\n# TYPE ", name, " counter\n", name,
-                    " ", Sum(workers, i), "\n");
-  }
-  absl::StrAppend(&out, "# HELP cvmgate_live_connections connections held now\n# TYPE cvmgate_live_connections gauge\n",
-                  "cvmgate_live_connections ", Live(workers), "\n",
-                  "# HELP cvmgate_relay_pipe_bytes bytes relays hold in pipes (read from one side, not yet written)\n"
-                  "# TYPE cvmgate_relay_pipe_bytes gauge\n",
-                  "cvmgate_relay_pipe_bytes ", PipeBytes(workers), "\n",
-                  "# HELP cvmgate_reload_ok_total state reloads that took effect\n# TYPE cvmgate_reload_ok_total counter\n",
-                  "cvmgate_reload_ok_total ", reloads.ok, "\n",
-                  "# HELP cvmgate_reload_failed_total state reloads refused\n# TYPE cvmgate_reload_failed_total counter\n",
-                  "cvmgate_reload_failed_total ", reloads.failed, "\n");
-  return out;
-}
-
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return std::string(absl::StripAsciiWhitespace(ss.str()));
-}
-
-// The gateway's private key: read from the file, or generated and written 0600 when it is missing.
-absl::StatusOr<WgKey> GatewayKey(const std::string& path) {
-  if (access(path.c_str(), F_OK) != 0) {
-    auto key = GeneratePrivateKey();
-    if (!key.ok()) return key.status();
-    if (auto s = WriteFileDurably(path, key->ToBase64() + "\n"); !s.ok()) return s;
-    Log("wireguard: generated a private key in ", path);
-    return key;
-  }
-  auto text = ReadSmallFile(path);
-  if (!text.ok()) return text.status();
-  auto key = WgKey::FromBase64(*text);
-  if (!key.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", key.status().message()));
-  return key;
-}
-
-struct WireGuardSetUp {
-  std::unique_ptr<WireGuard> wg;
-  std::string backend;
-  WgKey private_key;
-};
-
-// Makes the interface (or adopts it) and gives it the gateway's key and port;
-// from then on its supervisor keeps it so.
-absl::StatusOr<WireGuardSetUp> SetUpWireGuard(const Config& config, const std::string& address_cidr) {
-  auto backend = EnsureInterface(config.wg_backend, config.wg_interface, address_cidr);
-  if (!backend.ok()) return backend.status();
-  auto wg = OpenWireGuard(*backend, config.wg_interface, kDefaultUapiDir, absl::Seconds(2));
-  if (!wg.ok()) return wg.status();
-  auto device = (*wg)->GetDevice();
-  if (!device.ok()) return device.status();
-  WgKey key;
-  if (!config.wg_private_key_file.empty()) {
-    auto k = GatewayKey(config.wg_private_key_file);
-    if (!k.ok()) return k.status();
-    key = *k;
-    if (auto s = (*wg)->Configure(key, config.wg_listen_port); !s.ok()) return s;
-  } else if (device->has_private_key) {
-    key = device->private_key;  // an adopted interface's own: what it is given back if it must be recreated
-  } else {
-    return absl::FailedPreconditionError(absl::StrCat("interface ", config.wg_interface,
-                                                      " has no private key: give --wg-private-key-file"));
-  }
-  device = (*wg)->GetDevice();
-  if (!device.ok()) return device.status();
-  Log("wireguard: interface ", config.wg_interface, " via ", (*wg)->backend(), ", public key ",
-      device->public_key.ToBase64(), ", port ", device->listen_port, ", ", device->peers.size(), " peers");
-  return WireGuardSetUp{*std::move(wg), *backend, key};
-}
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
 }
 
 int Main(int argc, char** argv) {
@@ -293,30 +169,17 @@ int Main(int argc, char** argv) {
     wg_setup = *std::move(w);
   }
 
-  // Signals are taken by this thread alone, through a signalfd; workers never see them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (int s : {SIGHUP, SIGUSR1, SIGTERM, SIGINT}) sigaddset(&signals, s);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);  // splice to a reset socket raises SIGPIPE; the relay sees EPIPE
-  int sigfd = signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK);
+  // Signals are taken by this thread alone: made before any other thread starts.
+  Workers pool;
+  ControlLoop loop(pool, config.health_poll, config.drain_timeout);
 
-  // The tunnel is kept on a thread of its own (started with the signals
-  // blocked, so they stay this thread's): no WireGuard call ever stalls the
-  // control loop, and a dead or deleted interface is brought back.
-  int tunnel_news = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  // The tunnel is kept on a thread of its own: no WireGuard call ever stalls
+  // the control loop, and a dead or deleted interface is brought back.
   std::unique_ptr<WireGuardSupervisor> supervisor;
   if (wg_setup) {
-    WireGuardSupervisor::Options o;
-    o.ifname = config.wg_interface;
-    o.backend = config.wg_backend;
-    o.address_cidr = wg_address_cidr;
-    o.private_key = wg_setup->private_key;
-    o.listen_port = config.wg_listen_port;
-    o.keep_unknown_peers = config.wg_keep_unknown_peers;
-    o.poll_every = config.health_poll;
-    o.restart_after = config.wg_restart_after;
-    supervisor = std::make_unique<WireGuardSupervisor>(o, std::move(wg_setup->wg), SystemTunnelPlatform());
+    supervisor = std::make_unique<WireGuardSupervisor>(
+        SupervisorOptions(config, wg_address_cidr, wg_setup->private_key), std::move(wg_setup->wg),
+        SystemTunnelPlatform());
   }
 
   uint32_t max_conns = MaxConnections(config, workers);
@@ -325,7 +188,6 @@ int Main(int argc, char** argv) {
   SnapshotDomain domain(workers, *std::move(empty));
   // Listeners are bound first: the control plane must know them, so that no
   // instance ever routes a connection back into the gateway.
-  Workers pool;
   const WorkerOptions worker_options = WorkerOptionsOf(config);
   for (int i = 0; i < workers; ++i) {
     pool.push_back(std::make_unique<Worker>(i, worker_options, domain.reader(i), per_worker));
@@ -334,7 +196,6 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
-  ReloadCounters reloads;
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,
@@ -342,11 +203,11 @@ int Main(int argc, char** argv) {
                          config.proxy_protocol, {}};
   for (const ListenAddress& l : config.listen) options.listeners.push_back(l.addr);
   ControlPlane control(options, registry, domain, supervisor.get(), clock,
-                       [&] { return WorkerMetrics(pool, reloads); });
+                       [&loop] { return loop.WorkerMetrics(); });
   if (supervisor) {
     // The first reading, with the registry's peers set, before the first routes.
     supervisor->Step(absl::Now());
-    if (auto s = supervisor->Start(tunnel_news); !s.ok()) {
+    if (auto s = supervisor->Start(loop.tunnel_news()); !s.ok()) {
       Log(s.message());
       return 1;
     }
@@ -388,46 +249,11 @@ int Main(int argc, char** argv) {
       SpliceModeName(config.splice_mode), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
-  const int64_t poll_every_ms = absl::ToInt64Milliseconds(config.health_poll);
-  int64_t next_poll = NowMs() + poll_every_ms;
-  for (bool running = true; running;) {
-    std::vector<pollfd> fds = {{sigfd, POLLIN, 0}, {tunnel_news, POLLIN, 0}};
-    (*admin)->AppendPollFds(fds);
-    int64_t wait = std::clamp<int64_t>(next_poll - NowMs(), 0, 1000);
-    poll(fds.data(), fds.size(), static_cast<int>(wait));
-    int64_t now = NowMs();
-    domain.Reclaim();
-    (*admin)->OnReady(fds, now);
-    uint64_t news = 0;
-    bool tunnel_read = read(tunnel_news, &news, sizeof(news)) == sizeof(news);
-    if (now >= next_poll || tunnel_read) {
-      if (auto s = control.Poll(); !s.ok()) Log(s.message());
-      if (now >= next_poll) next_poll = now + poll_every_ms;
-    }
-    signalfd_siginfo si;
-    while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
-      if (si.ssi_signo == SIGHUP) {
-        if (auto s = control.Reload(); s.ok()) {
-          Log("reload ok: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(),
-              " instances");
-          ++reloads.ok;
-        } else {
-          Log("reload failed, keeping the old routes: ", s.message());
-          ++reloads.failed;
-        }
-      } else if (si.ssi_signo == SIGUSR1) {
-        PrintCounters(pool, reloads, domain);
-      } else {
-        Log("stopping: no new connections; draining ", Live(pool), " live for up to ",
-            absl::FormatDuration(config.drain_timeout));
-        running = false;
-      }
-    }
-  }
+  loop.Run(control, domain, **admin);
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
   if (supervisor) supervisor->Stop();
-  PrintCounters(pool, reloads, domain);
+  loop.PrintCounters(domain);
   Log("stopped");
   return 0;
 }

@@ -7,9 +7,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <sstream>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -17,9 +16,12 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
+
 #include <nlohmann/json.hpp>
 
 #include "control/admin_http.h"
+#include "control/args.h"
+#include "control/durable_file.h"
 #include "dataplane/fd.h"
 
 namespace cvmgate {
@@ -206,39 +208,32 @@ void PrintHuman(const std::string& verb, const json& j) {
 }
 
 int Main(int argc, char** argv) {
-  std::string admin_text = "unix:/run/cvmgate/admin.sock";
-  std::string token_file;
-  bool as_json = false;
-  int i = 1;
-  for (; i < argc && std::strncmp(argv[i], "--", 2) == 0; ++i) {
-    std::string a = argv[i];
-    auto value = [&](const char* flag) -> std::string {
-      std::string prefix = std::string(flag) + "=";
-      if (a.rfind(prefix, 0) == 0) return a.substr(prefix.size());
-      if (i + 1 < argc) return argv[++i];
-      std::fprintf(stderr, "cvmgatectl: %s needs a value\n", flag);
-      std::exit(2);
-    };
-    if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      return 0;
-    } else if (a == "--json") {
-      as_json = true;
-    } else if (a.rfind("--admin", 0) == 0 && a.rfind("--admin-", 0) != 0) {
-      admin_text = value("--admin");
-    } else if (a.rfind("--token-file", 0) == 0) {
-      token_file = value("--token-file");
-    } else {
-      std::fprintf(stderr, "cvmgatectl: unknown flag %s\n", a.c_str());
-      Usage(stderr);
-      return 2;
-    }
-  }
-  if (i >= argc) {
+  const std::vector<std::string> words(argv + 1, argv + argc);
+  // Before the verb: where the daemon is and how to print.
+  auto global = ParseArgs(
+      words,
+      [](std::string_view name) {
+        return name == "json" || name == "help" ? ArgKind::kSwitch
+               : name == "admin" || name == "token-file" ? ArgKind::kOption
+                                                          : ArgKind::kUnknown;
+      },
+      /*stop_at_positional=*/true);
+  if (!global.ok()) {
+    std::fprintf(stderr, "cvmgatectl: %s\n", std::string(global.status().message()).c_str());
     Usage(stderr);
     return 2;
   }
-  std::string verb = argv[i++];
+  if (global->Has("help")) {
+    Usage(stdout);
+    return 0;
+  }
+  if (global->positional.empty()) {
+    Usage(stderr);
+    return 2;
+  }
+  const std::string admin_text = global->Get("admin", "unix:/run/cvmgate/admin.sock");
+  const std::string token_file = global->Get("token-file");
+  const std::string verb = global->positional[0];
   const Verb* v = nullptr;
   for (const Verb& k : kVerbs) v = verb == k.name ? &k : v;
   if (v == nullptr) {
@@ -246,30 +241,24 @@ int Main(int argc, char** argv) {
     Usage(stderr);
     return 2;
   }
-  std::map<std::string, std::string> opts;
-  std::vector<std::string> positional;
-  for (; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      std::printf("usage: cvmgatectl %s\n\n%s\n", v->usage, v->help);
-      return 0;
-    }
-    if (a == "--json") {
-      as_json = true;
-    } else if (a.rfind("--", 0) == 0) {
-      size_t eq = a.find('=');
-      if (eq != std::string::npos) {
-        opts[a.substr(2, eq - 2)] = a.substr(eq + 1);
-      } else if (i + 1 < argc) {
-        opts[a.substr(2)] = argv[++i];
-      } else {
-        std::fprintf(stderr, "cvmgatectl %s: %s needs a value\n", verb.c_str(), a.c_str());
-        return 2;
-      }
-    } else {
-      positional.push_back(a);
-    }
+  // After it: the verb's own options (each takes a value) and words.
+  auto local = ParseArgs(std::span(global->positional).subspan(1), [](std::string_view name) {
+    return name == "json" || name == "help" ? ArgKind::kSwitch : ArgKind::kOption;
+  });
+  if (!local.ok()) {
+    std::fprintf(stderr, "cvmgatectl %s: %s\n", verb.c_str(), std::string(local.status().message()).c_str());
+    return 2;
   }
+  if (local->Has("help")) {
+    std::printf("usage: cvmgatectl %s\n\n%s\n", v->usage, v->help);
+    return 0;
+  }
+  const bool as_json = global->Has("json") || local->Has("json");
+  std::map<std::string, std::string> opts;
+  for (const auto& [name, value] : local->options) {
+    if (name != "json") opts[name] = value;
+  }
+  std::vector<std::string> positional = local->positional;
   auto usage_error = [&](const std::string& why) {
     std::fprintf(stderr, "cvmgatectl %s: %s\nusage: cvmgatectl %s\n", verb.c_str(), why.c_str(), v->usage);
     return 2;
@@ -278,11 +267,9 @@ int Main(int argc, char** argv) {
   if (!admin.ok()) return usage_error(std::string(admin.status().message()));
   std::string token;
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    token = std::string(absl::StripAsciiWhitespace(ss.str()));
-    if (!in || token.empty()) return usage_error("cannot read a token from " + token_file);
+    auto t = ReadSmallFile(token_file);
+    if (!t.ok() || t->empty()) return usage_error("cannot read a token from " + token_file);
+    token = *t;
   }
   std::string method = "GET";
   std::string target;

@@ -1,0 +1,35 @@
+// The one writer of Prometheus' text exposition format (version 0.0.4) in
+// cvmgate: every metric gets its HELP and TYPE lines and the cvmgate_ prefix;
+// counts are written as integers, measurements as the shortest decimal that
+// reads back as the same double (so a Unix time keeps every digit).
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace cvmgate {
+
+class MetricsText {
+ public:
+  // `name` without the cvmgate_ prefix; a counter's ends in _total.
+  void Counter(std::string_view name, std::string_view help, uint64_t value);
+  void Gauge(std::string_view name, std::string_view help, std::integral auto value) {
+    IntegerGauge(name, help, static_cast<int64_t>(value));
+  }
+  void Gauge(std::string_view name, std::string_view help, double value);
+  // Text another writer made (the workers' part), appended as it is.
+  void Append(std::string_view text) { out_.append(text); }
+
+  const std::string& text() const { return out_; }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  void IntegerGauge(std::string_view name, std::string_view help, int64_t value);
+  void Head(std::string_view name, std::string_view help, std::string_view type);
+  std::string out_;
+};
+
+}  // namespace cvmgate
