@@ -38,7 +38,10 @@ HttpResponse Error(const absl::Status& s) {
     case absl::StatusCode::kNotFound: status = 404; break;
     case absl::StatusCode::kAlreadyExists: status = 409; break;
     case absl::StatusCode::kResourceExhausted: status = 507; break;
-    case absl::StatusCode::kFailedPrecondition: status = 503; break;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kUnavailable:        // the registry's store (etcd) cannot be reached
+    case absl::StatusCode::kDeadlineExceeded:   // or has no quorum
+    case absl::StatusCode::kAborted: status = 503; break;
     default: break;
   }
   return Json(status, {{"error", std::string(s.message())}});

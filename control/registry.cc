@@ -3,13 +3,18 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
+#include <absl/random/random.h>
 #include <absl/strings/ascii.h>
 #include <absl/strings/str_cat.h>
+
 #include "control/durable_file.h"
 #include "dataplane/host_name.h"
 #include "dataplane/strings.h"
@@ -127,17 +132,25 @@ void Registry::Unlink(const std::string& id) {
   if (auto ip = Ipv4(reg.address); ip && pool_.Contains(*ip)) pool_.Release(*ip);
 }
 
-absl::Status Registry::Load() {
+absl::StatusOr<std::string> FileStore::Read() {
   std::ifstream in(path_, std::ios::binary);
-  if (!in && errno != ENOENT) return absl::NotFoundError(absl::StrCat("state file ", path_, ": ", std::strerror(errno)));
-  std::string text = R"({"version": 1})";
-  if (in) {
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-  }
+  if (!in && errno != ENOENT) return absl::NotFoundError(absl::StrCat(name_, ": ", std::strerror(errno)));
+  if (!in) return std::string(R"({"version": 1})");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::Status FileStore::Write(const RegistryChange&, const Registry& after) {
+  return WriteFileDurably(path_, after.ToJson());
+}
+
+absl::Status Registry::Load() {
+  auto read = store_->Read();
+  if (!read.ok()) return read.status();
+  const std::string& text = *read;
   auto fail = [&](absl::string_view why) {
-    return absl::InvalidArgumentError(absl::StrCat("state file ", path_, ": ", why));
+    return absl::InvalidArgumentError(absl::StrCat(store_->name(), ": ", why));
   };
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) return fail("not a JSON object");
@@ -147,7 +160,7 @@ absl::Status Registry::Load() {
   // Build a registry of the same shape by the same rules; swap it in only when all is well.
   auto pool = IpPool::Create(pool_.cidr(), IpText(pool_.gateway()));
   if (!pool.ok()) return pool.status();
-  Registry fresh(*std::move(pool), path_);
+  Registry fresh(*std::move(pool), std::unique_ptr<RegistryStore>());
   if (doc.contains("apps")) {
     if (!doc["apps"].is_object()) return fail("'apps' must be an object");
     for (auto& [raw_app, app] : doc["apps"].items()) {
@@ -243,14 +256,20 @@ std::string Registry::ToJson() const {
   return doc.dump(1) + "\n";
 }
 
-absl::Status Registry::Save() const { return WriteFileDurably(path_, ToJson()); }
+absl::Status Registry::Save(const RegistryChange& change) { return store_->Write(change, *this); }
+
+void Registry::BackOff(int attempt) {
+  thread_local absl::BitGen rng;
+  int64_t cap_us = std::min<int64_t>(int64_t{2000} << std::min(attempt, 6), 100000);  // 4 ms, doubling to 100 ms
+  std::this_thread::sleep_for(std::chrono::microseconds(absl::Uniform<int64_t>(rng, 0, cap_us)));
+}
 
 absl::StatusOr<Registry::Outcome> Registry::Commit(std::optional<Registration> previous, Registration next) {
   if (previous) Unlink(previous->id);
   absl::Status s = CheckAddress(next);
   if (s.ok()) {
     Link(next);
-    if (s = Save(); !s.ok()) {
+    if (s = Save({previous, next, std::nullopt, {}}); !s.ok()) {
       Unlink(next.id);
       s = absl::Status(s.code(), absl::StrCat("registration not saved: ", s.message()));
     }
@@ -266,8 +285,8 @@ absl::StatusOr<Registry::Outcome> Registry::Commit(std::optional<Registration> p
   return out;
 }
 
-absl::StatusOr<Registry::Outcome> Registry::Register(std::string_view raw_app, std::string_view raw_id,
-                                                     std::string_view public_key) {
+absl::StatusOr<Registry::Outcome> Registry::RegisterOnce(std::string_view raw_app, std::string_view raw_id,
+                                                         std::string_view public_key) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
   auto id = ValidId("instance id", raw_id);
@@ -296,8 +315,9 @@ absl::StatusOr<Registry::Outcome> Registry::Register(std::string_view raw_app, s
   return Commit(std::nullopt, Registration{*app, *id, *key, IpText(*ip), {}});
 }
 
-absl::StatusOr<Registry::Outcome> Registry::RegisterStatic(std::string_view raw_app, std::string_view raw_id,
-                                                           std::string_view raw_address, std::string_view raw_ports) {
+absl::StatusOr<Registry::Outcome> Registry::RegisterStaticOnce(std::string_view raw_app, std::string_view raw_id,
+                                                               std::string_view raw_address,
+                                                               std::string_view raw_ports) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
   auto id = ValidId("instance id", raw_id);
@@ -324,7 +344,7 @@ absl::StatusOr<Registry::Outcome> Registry::RegisterStatic(std::string_view raw_
   return Commit(std::move(previous), std::move(next));
 }
 
-absl::StatusOr<Registration> Registry::Deregister(std::string_view raw_id) {
+absl::StatusOr<Registration> Registry::DeregisterOnce(std::string_view raw_id) {
   std::string id = absl::AsciiStrToLower(AbslView(raw_id));
   auto it = instances_.find(id);
   if (it == instances_.end()) {
@@ -332,14 +352,14 @@ absl::StatusOr<Registration> Registry::Deregister(std::string_view raw_id) {
   }
   Registration removed = it->second;
   Unlink(id);
-  if (auto s = Save(); !s.ok()) {
+  if (auto s = Save({removed, std::nullopt, std::nullopt, {}}); !s.ok()) {
     Link(removed);
     return absl::Status(s.code(), absl::StrCat("deregistration not saved: ", s.message()));
   }
   return removed;
 }
 
-absl::StatusOr<bool> Registry::SetAppSettings(std::string_view raw_app, const AppSettings& settings) {
+absl::StatusOr<bool> Registry::SetAppSettingsOnce(std::string_view raw_app, const AppSettings& settings) {
   auto app = ValidId("app id", raw_app);
   if (!app.ok()) return app.status();
   if (auto it = instances_.find(*app); it != instances_.end()) {
@@ -357,7 +377,7 @@ absl::StatusOr<bool> Registry::SetAppSettings(std::string_view raw_app, const Ap
   } else {
     settings_[*app] = settings;
   }
-  if (auto s = Save(); !s.ok()) {
+  if (auto s = Save({std::nullopt, std::nullopt, *app, settings}); !s.ok()) {
     settings_ = std::move(previous);
     return absl::Status(s.code(), absl::StrCat("app settings not saved: ", s.message()));
   }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,6 +33,46 @@ struct AppSettings {
 };
 inline constexpr int32_t kMaxAppConnectionsLimit = 1 << 24;
 
+class Registry;
+
+// One change the registry made in memory, for its store to make durable: an instance registered,
+// replaced or deregistered (`before` and/or `after`), or an app's settings (`app`).
+struct RegistryChange {
+  std::optional<Registration> before;
+  std::optional<Registration> after;
+  std::optional<std::string> app;
+  AppSettings settings;  // with `app`: its settings now (empty: none)
+};
+
+// Where the registry is kept: the state file (one gateway host) or etcd (several). A store reads
+// and writes the state file's document shape, so one set of rules validates both.
+class RegistryStore {
+ public:
+  virtual ~RegistryStore() = default;
+  // What errors name: "state file /var/lib/cvmgate/state.json", "etcd registry /cvmgate/".
+  virtual const std::string& name() const = 0;
+  // The whole registry as a state-file document; an empty store reads as {"version": 1}.
+  virtual absl::StatusOr<std::string> Read() = 0;
+  // Makes `change` durable; `after` is the whole registry with it. Aborted: the store changed
+  // since it was read (another gateway node wrote): read it again and redo the change.
+  virtual absl::Status Write(const RegistryChange& change, const Registry& after) = 0;
+  // A descriptor that polls readable when the store changed from elsewhere (read it again), or -1.
+  virtual int changes_fd() const { return -1; }
+};
+
+// The state file, replaced crash-safely on every write (durable_file.h).
+class FileStore final : public RegistryStore {
+ public:
+  explicit FileStore(std::string path) : path_(std::move(path)), name_("state file " + path_) {}
+  const std::string& name() const override { return name_; }
+  absl::StatusOr<std::string> Read() override;
+  absl::Status Write(const RegistryChange& change, const Registry& after) override;
+
+ private:
+  std::string path_;
+  std::string name_;
+};
+
 // A static instance's address as the registry keeps it: an IPv4 or IPv6
 // literal in canonical form (an IPv4-mapped IPv6 address becomes IPv4), never
 // unspecified, multicast or broadcast.
@@ -48,10 +89,12 @@ absl::StatusOr<std::string> CanonicalStaticAddress(std::string_view text);
 //   lies in the pool (a tunnel address), and may be shared outside it.
 class Registry {
  public:
-  Registry(IpPool pool, std::string path) : pool_(std::move(pool)), path_(std::move(path)) {}
+  Registry(IpPool pool, std::string path)
+      : pool_(std::move(pool)), store_(std::make_unique<FileStore>(std::move(path))) {}
+  Registry(IpPool pool, std::unique_ptr<RegistryStore> store) : pool_(std::move(pool)), store_(std::move(store)) {}
 
-  // Replaces the registry with the state file's contents (a missing file is
-  // empty). On error the registry is unchanged and the error names the file.
+  // Replaces the registry with the store's contents (a missing state file is
+  // empty). On error the registry is unchanged and the error names the store.
   absl::Status Load();
 
   struct Outcome {
@@ -59,24 +102,51 @@ class Registry {
     std::optional<WgKey> replaced_key;  // the peer key this registration replaced
     bool changed = false;               // false: an idempotent repeat
   };
-  absl::StatusOr<Outcome> Register(std::string_view app, std::string_view id, std::string_view public_key);
+  absl::StatusOr<Outcome> Register(std::string_view app, std::string_view id, std::string_view public_key) {
+    return Retried([&] { return RegisterOnce(app, id, public_key); });
+  }
   absl::StatusOr<Outcome> RegisterStatic(std::string_view app, std::string_view id, std::string_view address,
-                                         std::string_view ports);
-  absl::StatusOr<Registration> Deregister(std::string_view id);
+                                         std::string_view ports) {
+    return Retried([&] { return RegisterStaticOnce(app, id, address, ports); });
+  }
+  absl::StatusOr<Registration> Deregister(std::string_view id) {
+    return Retried([&] { return DeregisterOnce(id); });
+  }
   // Replaces an app's overrides (an empty value removes them). The app need
   // not have instances yet: settings may be made before the first CVM registers.
   // Returns whether anything changed.
-  absl::StatusOr<bool> SetAppSettings(std::string_view app, const AppSettings& settings);
+  absl::StatusOr<bool> SetAppSettings(std::string_view app, const AppSettings& settings) {
+    return Retried([&] { return SetAppSettingsOnce(app, settings); });
+  }
   const AppSettings& app_settings(const std::string& app) const;
   const std::map<std::string, AppSettings>& all_app_settings() const { return settings_; }
 
   const std::map<std::string, Registration>& instances() const { return instances_; }
   const IpPool& pool() const { return pool_; }
-  const std::string& path() const { return path_; }
+  RegistryStore& store() const { return *store_; }
   std::string ToJson() const;
 
  private:
-  absl::Status Save() const;
+  absl::Status Save(const RegistryChange& change);
+  // Runs `change` (a mutation that validates, applies and saves), and again on what the store holds
+  // now each time another gateway node wrote first: after a random pause that grows with each try,
+  // so that nodes racing for the registry do not keep colliding; kWriteAttempts at most.
+  template <typename Change>
+  auto Retried(Change&& change) -> decltype(change()) {
+    for (int attempt = 1;; ++attempt) {
+      auto result = change();
+      if (result.ok() || !absl::IsAborted(result.status()) || attempt == kWriteAttempts) return result;
+      BackOff(attempt);
+      if (absl::Status s = Load(); !s.ok()) return s;
+    }
+  }
+  static void BackOff(int attempt);
+  static constexpr int kWriteAttempts = 30;
+  absl::StatusOr<Outcome> RegisterOnce(std::string_view app, std::string_view id, std::string_view public_key);
+  absl::StatusOr<Outcome> RegisterStaticOnce(std::string_view app, std::string_view id, std::string_view address,
+                                             std::string_view ports);
+  absl::StatusOr<Registration> DeregisterOnce(std::string_view id);
+  absl::StatusOr<bool> SetAppSettingsOnce(std::string_view app, const AppSettings& settings);
   bool IsApp(const std::string& id) const { return app_sizes_.contains(id) || settings_.contains(id); }
   // The shared namespace, for `id` joining `app` (an existing instance of
   // `app` may be registered again).
@@ -92,7 +162,7 @@ class Registry {
   absl::StatusOr<Outcome> Commit(std::optional<Registration> previous, Registration next);
 
   IpPool pool_;
-  std::string path_;
+  std::unique_ptr<RegistryStore> store_;  // null in the scratch registry Load validates with
   std::map<std::string, Registration> instances_;          // by instance id
   std::map<std::string, AppSettings> settings_;             // by app id; never holds an empty value
   absl::flat_hash_map<std::string, size_t> app_sizes_;      // app id -> instances

@@ -1,0 +1,217 @@
+// The registry kept in etcd (see registry_store.h).
+#include "control/etcd/registry_store.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <functional>
+
+#include <absl/strings/str_cat.h>
+#include <nlohmann/json.hpp>
+
+#include "control/wireguard/wireguard.h"
+#include "dataplane/addresses.h"
+#include "dataplane/log.h"
+#include "dataplane/strings.h"
+
+namespace cvmgate {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kInstances = "instances/";
+constexpr std::string_view kApps = "apps/";
+constexpr std::string_view kAddressClaims = "claims/address/";
+constexpr std::string_view kKeyClaims = "claims/key/";
+constexpr std::string_view kSequence = "sequence";
+
+bool StartsWith(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+
+// Whether `reg`'s address is one only it may hold: a tunnel address, in the pool.
+bool Claims(const Registration& reg, const Registry& registry) {
+  std::optional<sockaddr_storage> ip = SockaddrFromIp(reg.address);
+  if (!ip || ip->ss_family != AF_INET) return false;
+  return registry.pool().Contains(reinterpret_cast<const sockaddr_in*>(&*ip)->sin_addr);
+}
+
+std::string InstanceJson(const Registration& reg) {
+  json j = {{"app", reg.app}, {"address", reg.address}};
+  if (reg.key) j["public_key"] = reg.key->ToBase64();
+  if (reg.is_static()) j["ports"] = reg.ports.ToString();
+  return j.dump();
+}
+
+std::string SettingsJson(const AppSettings& s) {
+  json j = json::object();
+  if (s.proxy_protocol) j["proxy_protocol"] = *s.proxy_protocol;
+  if (s.max_connections) j["max_connections"] = *s.max_connections;
+  return j.dump();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(const EtcdOptions& options, std::string prefix) {
+  if (prefix.empty() || prefix.front() != '/') {
+    return absl::InvalidArgumentError(absl::StrCat("--registry-prefix=", prefix, ": must start with /"));
+  }
+  if (prefix.back() != '/') prefix += '/';
+  auto client = EtcdClient::Connect(options);
+  if (!client.ok()) return client.status();
+  auto watcher = EtcdClient::Connect(options);
+  if (!watcher.ok()) return watcher.status();
+  std::string endpoints;
+  for (const std::string& e : options.endpoints) endpoints += (endpoints.empty() ? "" : ",") + e;
+  std::string name = absl::StrCat("etcd registry ", endpoints, " ", prefix);
+  return std::unique_ptr<EtcdStore>(new EtcdStore(*std::move(client), *std::move(watcher), prefix, name));
+}
+
+EtcdStore::EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher, std::string prefix,
+                     std::string name)
+    : client_(std::move(client)),
+      watcher_(std::move(watcher)),
+      prefix_(std::move(prefix)),
+      name_(std::move(name)),
+      changes_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+
+EtcdStore::~EtcdStore() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    if (watch_ != nullptr) watch_->Cancel();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+absl::StatusOr<std::string> EtcdStore::Read() {
+  auto range = client_->GetPrefix(prefix_);
+  if (!range.ok()) return absl::Status(range.status().code(), absl::StrCat(name_, ": ", range.status().message()));
+  json apps = json::object();
+  int64_t sequence = 0;
+  for (const EtcdKeyValue& kv : range->kvs) {
+    std::string_view key = std::string_view(kv.key).substr(prefix_.size());
+    auto bad = [&](std::string_view why) {
+      return absl::InvalidArgumentError(absl::StrCat(name_, ": key ", kv.key, ": ", AbslView(why)));
+    };
+    if (key == kSequence) {
+      sequence = kv.mod_revision;
+    } else if (StartsWith(key, kInstances)) {
+      json v = json::parse(kv.value, nullptr, false);
+      if (v.is_discarded() || !v.is_object() || !v.contains("app") || !v["app"].is_string()) {
+        return bad("not an instance ({\"app\": ..., \"address\": ...})");
+      }
+      std::string app = v["app"].get<std::string>();
+      v.erase("app");
+      v["id"] = std::string(key.substr(kInstances.size()));
+      apps[app]["instances"].push_back(std::move(v));
+    } else if (StartsWith(key, kApps)) {
+      json v = json::parse(kv.value, nullptr, false);
+      if (v.is_discarded() || !v.is_object()) return bad("not an app's settings (a JSON object)");
+      json& app = apps[std::string(key.substr(kApps.size()))];
+      for (auto& [k, value] : v.items()) app[k] = value;
+    }
+  }
+  sequence_revision_ = sequence;
+  known_revision_.store(range->revision);
+  return json{{"version", 1}, {"apps", apps}}.dump();
+}
+
+absl::Status EtcdStore::Write(const RegistryChange& change, const Registry& after) {
+  std::vector<EtcdCompare> conditions = {EtcdCompare::ModifiedAt(prefix_ + std::string(kSequence), sequence_revision_)};
+  std::vector<EtcdOp> ops;
+  if (change.app) {
+    std::string key = prefix_ + std::string(kApps) + *change.app;
+    ops.push_back(change.settings.empty() ? EtcdOp::Delete(key) : EtcdOp::Put(key, SettingsJson(change.settings)));
+  }
+  const std::optional<Registration>& before = change.before;
+  const std::optional<Registration>& next = change.after;
+  if (next) {
+    ops.push_back(EtcdOp::Put(prefix_ + std::string(kInstances) + next->id, InstanceJson(*next)));
+  } else if (before) {
+    ops.push_back(EtcdOp::Delete(prefix_ + std::string(kInstances) + before->id));
+  }
+  // Claims: released when the instance lets go of them, taken (only if free) when it gains them.
+  using ClaimOf = std::function<std::optional<std::string>(const std::optional<Registration>&)>;
+  ClaimOf address_claim = [&](const std::optional<Registration>& r) -> std::optional<std::string> {
+    if (!r || !Claims(*r, after)) return std::nullopt;
+    return prefix_ + std::string(kAddressClaims) + r->address;
+  };
+  ClaimOf key_claim = [&](const std::optional<Registration>& r) -> std::optional<std::string> {
+    if (!r || !r->key) return std::nullopt;
+    return prefix_ + std::string(kKeyClaims) + r->key->ToBase64();
+  };
+  for (const ClaimOf& claim : {address_claim, key_claim}) {
+    std::optional<std::string> held = claim(before);
+    std::optional<std::string> wanted = claim(next);
+    if (held == wanted) continue;
+    if (held) ops.push_back(EtcdOp::Delete(*held));
+    if (wanted) {
+      conditions.push_back(EtcdCompare::Absent(*wanted));
+      ops.push_back(EtcdOp::Put(*wanted, next->id));
+    }
+  }
+  ops.push_back(EtcdOp::Put(prefix_ + std::string(kSequence), ""));
+  auto txn = client_->Txn(conditions, ops, {});
+  if (!txn.ok()) return absl::Status(txn.status().code(), absl::StrCat(name_, ": ", txn.status().message()));
+  if (!txn->succeeded) {
+    return absl::AbortedError(absl::StrCat(name_, ": another gateway node changed the registry first"));
+  }
+  // The sequence held, so no other node wrote since this one's copy was current: with this write
+  // it is current up to the transaction's revision.
+  sequence_revision_ = txn->revision;
+  if (txn->revision > known_revision_.load()) known_revision_.store(txn->revision);
+  return absl::OkStatus();
+}
+
+void EtcdStore::StartWatching() {
+  if (thread_.joinable()) return;
+  thread_ = std::thread([this] { Watch(); });
+}
+
+void EtcdStore::Notify() {
+  uint64_t one = 1;
+  (void)!write(changes_.get(), &one, sizeof(one));
+}
+
+void EtcdStore::Watch() {
+  int64_t from = known_revision_.load() + 1;
+  for (;;) {
+    auto watch = watcher_->Watch(prefix_, from);
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      watch_ = watch.ok() ? watch->get() : nullptr;
+    }
+    while (watch.ok()) {
+      auto batch = (*watch)->Next(absl::Seconds(5));
+      if (!batch.ok()) {
+        std::lock_guard lock(mu_);
+        if (!stopping_) Log("registry: watch of ", name_, " broken (", batch.status().message(), "); watching again");
+        break;
+      }
+      if (batch->compacted > 0) {
+        // The history since `from` is gone: the registry reads the whole prefix again.
+        from = 0;
+        Notify();
+        break;
+      }
+      for (const EtcdEvent& e : batch->events) {
+        from = std::max(from, e.kv.mod_revision + 1);
+        if (e.kv.mod_revision > known_revision_.load()) {
+          Notify();
+          break;
+        }
+      }
+    }
+    {
+      std::lock_guard lock(mu_);
+      watch_ = nullptr;
+      if (stopping_) return;
+    }
+    // The watch broke (etcd unreachable or lost a member): the registry may have missed changes
+    // meanwhile; it reads them when the watch is back.
+    if (!watch.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    Notify();
+  }
+}
+
+}  // namespace cvmgate
