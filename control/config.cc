@@ -9,6 +9,7 @@
 #include <absl/strings/str_format.h>
 
 #include "control/args.h"
+#include "control/etcd/client.h"
 #include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
 
@@ -82,6 +83,27 @@ const std::vector<Flag>& Flags() {
        StringFlag(&Config::wg_pool)},
       {"wg-address", "IP", "10.0.0.1", "the gateway's own tunnel address inside --wg-pool (never allocated)",
        StringFlag(&Config::wg_address)},
+      {"registry", "file|etcd:URL,...", "file",
+       "where the registry is kept: the --state file (one gateway host), or etcd shared by several "
+       "(etcd:http://etcd-1:2379,http://etcd-2:2379; https with --registry-ca)",
+       [](Config& c, const std::string& v) {
+         if (v == "file") {
+           c.etcd_endpoints.clear();
+           return absl::OkStatus();
+         }
+         if (v.rfind("etcd:", 0) != 0) return Bad("registry", v, "expected file or etcd:URL[,URL...]");
+         auto endpoints = ParseEtcdEndpoints(v.substr(5));
+         if (!endpoints.ok()) return Bad("registry", v, std::string(endpoints.status().message()));
+         c.etcd_endpoints = *std::move(endpoints);
+         return absl::OkStatus();
+       }},
+      {"registry-prefix", "PREFIX", "/cvmgate/", "etcd key prefix of this gateway cluster's registry",
+       StringFlag(&Config::registry_prefix)},
+      {"registry-ca", "FILE", "", "CA certificate that signs the etcd members' (https endpoints)",
+       StringFlag(&Config::registry_ca)},
+      {"registry-cert", "FILE", "", "client certificate for etcd, with --registry-key",
+       StringFlag(&Config::registry_cert)},
+      {"registry-key", "FILE", "", "the client certificate's private key", StringFlag(&Config::registry_key)},
       {"admin", "unix:PATH|tcp:127.0.0.1:PORT", "unix:/run/cvmgate/admin.sock",
        "admin API (register, list, explain, metrics); TCP only on loopback and with --admin-token-file",
        StringFlag(&Config::admin)},
@@ -287,6 +309,12 @@ absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
   if (c.base_domains.empty()) {
     return absl::InvalidArgumentError("at least one --base-domain is required (see --help)");
   }
+  if (c.registry_cert.empty() != c.registry_key.empty()) {
+    return absl::InvalidArgumentError("--registry-cert and --registry-key go together");
+  }
+  if (c.registry_prefix.empty() || c.registry_prefix[0] != '/') {
+    return absl::InvalidArgumentError("--registry-prefix=" + c.registry_prefix + ": must start with /");
+  }
   if (c.admin.rfind("tcp:", 0) == 0 && c.admin_token_file.empty()) {
     return absl::InvalidArgumentError("--admin=" + c.admin + " needs --admin-token-file (a TCP admin API is never open)");
   }
@@ -306,8 +334,8 @@ std::string Usage() {
     out += "\n";
   }
   out +=
-      "\nsignals: SIGHUP reloads --state; SIGUSR1 prints the counters; SIGTERM/SIGINT stop\n"
-      "accepting and drain live relays for up to --drain-timeout, then exit.\n";
+      "\nsignals: SIGHUP reloads the registry and the certificates; SIGUSR1 prints the counters;\n"
+      "SIGTERM/SIGINT stop accepting and drain live relays for up to --drain-timeout, then exit.\n";
   return out;
 }
 

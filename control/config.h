@@ -15,6 +15,12 @@ struct Config {
   std::vector<ListenAddress> listen;
   std::vector<std::string> base_domains;
   std::string state_file = "/var/lib/cvmgate/state.json";
+  // Where the registry is kept: the state file, or etcd for several gateway hosts.
+  std::vector<std::string> etcd_endpoints;  // --registry etcd:URL,...; empty: --registry file
+  std::string registry_prefix = "/cvmgate/";
+  std::string registry_ca;
+  std::string registry_cert;
+  std::string registry_key;
   std::string wg_pool = "10.0.0.0/8";    // CVM tunnel addresses are allocated from here
   std::string wg_address = "10.0.0.1";   // the gateway's own tunnel address, never allocated
   std::string admin = "unix:/run/cvmgate/admin.sock";

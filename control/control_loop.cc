@@ -70,11 +70,12 @@ void ControlLoop::PrintCounters(const SnapshotDomain& domain) const {
   (void)!write(STDERR_FILENO, out.data(), out.size());
 }
 
-void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin) {
+void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin, int registry_changes) {
   const int64_t poll_every_ms = absl::ToInt64Milliseconds(health_poll_);
   int64_t next_poll = MonotonicMs() + poll_every_ms;
   for (bool running = true; running;) {
-    std::vector<pollfd> fds = {{signals_.get(), POLLIN, 0}, {tunnel_news_.get(), POLLIN, 0}};
+    std::vector<pollfd> fds = {
+        {signals_.get(), POLLIN, 0}, {tunnel_news_.get(), POLLIN, 0}, {registry_changes, POLLIN, 0}};
     admin.AppendPollFds(fds);
     int64_t wait = std::clamp<int64_t>(next_poll - MonotonicMs(), 0, 1000);
     poll(fds.data(), fds.size(), static_cast<int>(wait));
@@ -83,6 +84,9 @@ void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer
     admin.OnReady(fds, now);
     uint64_t news = 0;
     bool tunnel_read = read(tunnel_news_.get(), &news, sizeof(news)) == sizeof(news);
+    if (registry_changes >= 0 && read(registry_changes, &news, sizeof(news)) == sizeof(news)) {
+      if (auto s = control.RegistryChanged(); !s.ok()) Log("registry: ", s.message(), "; the routes in force stay");
+    }
     if (now >= next_poll || tunnel_read) {
       if (auto s = control.Poll(); !s.ok()) Log(s.message());
       if (now >= next_poll) next_poll = now + poll_every_ms;

@@ -33,7 +33,9 @@ class ControlLoop {
   std::string WorkerMetrics() const;
   // Until SIGTERM or SIGINT: SIGHUP reloads the state file, SIGUSR1 prints the
   // counters, the admin API answers, and health is polled every health_poll.
-  void Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin);
+  // A registry kept in etcd also makes `registry_changes` readable when another node wrote: it is
+  // read again and the routes published (the routes in force stay while it cannot be read).
+  void Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin, int registry_changes = -1);
   // The counters on stderr, between "cvmgate: counters begin" and "cvmgate: counters end".
   void PrintCounters(const SnapshotDomain& domain) const;
 

@@ -202,6 +202,13 @@ absl::Status ControlPlane::Reload() {
   return Poll();
 }
 
+absl::Status ControlPlane::RegistryChanged() {
+  if (auto s = registry_.Load(); !s.ok()) return s;
+  ++registry_version_;
+  SyncPeers();
+  return Poll();
+}
+
 HttpResponse ControlPlane::ReloadCertificates() {
   if (auto s = LoadCertificates(); !s.ok()) {
     Log("certificate reload failed, keeping the certificates in force: ", s.message());

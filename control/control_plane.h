@@ -65,6 +65,9 @@ class ControlPlane {
   // Reloads the state file and the certificates (SIGHUP); on any error all of
   // the old state stays in force.
   absl::Status Reload();
+  // The registry's store changed from elsewhere (another gateway node wrote to etcd): reads it again
+  // and publishes the routes. On error the routes in force stay.
+  absl::Status RegistryChanged();
 
   HttpResponse Handle(const HttpRequest& request);
 

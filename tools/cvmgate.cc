@@ -20,6 +20,7 @@
 #include "control/control_loop.h"
 #include "control/control_plane.h"
 #include "control/durable_file.h"
+#include "control/etcd/registry_store.h"
 #include "control/ip_pool.h"
 #include "control/registry.h"
 #include "control/wireguard/setup.h"
@@ -80,6 +81,25 @@ int ProbeCommand(const std::vector<std::string>& args) {
   return decisions.ok() ? 0 : 1;
 }
 
+// The registry's store: the state file, locked (in `lock`) so that one daemon owns it, or etcd.
+absl::StatusOr<std::unique_ptr<RegistryStore>> OpenRegistryStore(const Config& config, Fd& lock) {
+  if (config.etcd_endpoints.empty()) {
+    // Before anything is bound or replaced: one state file, one daemon.
+    auto state_lock = LockBeside(config.state_file);
+    if (!state_lock.ok()) return state_lock.status();
+    lock = *std::move(state_lock);
+    return std::unique_ptr<RegistryStore>(std::make_unique<FileStore>(config.state_file));
+  }
+  EtcdOptions o;
+  o.endpoints = config.etcd_endpoints;
+  o.ca_file = config.registry_ca;
+  o.cert_file = config.registry_cert;
+  o.key_file = config.registry_key;
+  auto store = EtcdStore::Open(o, config.registry_prefix);
+  if (!store.ok()) return store.status();
+  return std::unique_ptr<RegistryStore>(*std::move(store));
+}
+
 // The start-up probe: logs what is not plain sailing and adapts the config to
 // this kernel. False when cvmgate cannot run here.
 bool ApplyProbe(Config& config) {
@@ -128,6 +148,10 @@ int Main(int argc, char** argv) {
     return 1;
   }
   int workers = config.workers > 0 ? config.workers : std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN));
+  // Signals are taken by this thread alone, before any other thread starts (etcd's gRPC client, the
+  // tunnel's supervisor, the workers): each inherits them blocked.
+  Workers pool;
+  ControlLoop loop(pool, config.health_poll, config.drain_timeout);
   auto ip_pool = IpPool::Create(config.wg_pool, config.wg_address);
   if (!ip_pool.ok()) {
     Log(ip_pool.status().message());
@@ -147,17 +171,19 @@ int Main(int argc, char** argv) {
     }
     token = *t;
   }
-  // Before anything is bound or replaced: one state file, one daemon.
-  auto state_lock = LockBeside(config.state_file);
-  if (!state_lock.ok()) {
-    Log(state_lock.status().message());
+  Fd state_lock;
+  auto store = OpenRegistryStore(config, state_lock);
+  if (!store.ok()) {
+    Log(store.status().message());
     return 1;
   }
-  Registry registry(*std::move(ip_pool), config.state_file);
+  EtcdStore* etcd = dynamic_cast<EtcdStore*>(store->get());
+  Registry registry(*std::move(ip_pool), *std::move(store));
   if (auto s = registry.Load(); !s.ok()) {
     Log(s.message());
     return 1;
   }
+  if (etcd != nullptr) etcd->StartWatching();
   const std::string wg_address_cidr = config.wg_address + config.wg_pool.substr(config.wg_pool.find('/'));
   std::optional<WireGuardSetUp> wg_setup;
   if (!config.wg_interface.empty()) {
@@ -168,10 +194,6 @@ int Main(int argc, char** argv) {
     }
     wg_setup = *std::move(w);
   }
-
-  // Signals are taken by this thread alone: made before any other thread starts.
-  Workers pool;
-  ControlLoop loop(pool, config.health_poll, config.drain_timeout);
 
   // The tunnel is kept on a thread of its own: no WireGuard call ever stalls
   // the control loop, and a dead or deleted interface is brought back.
@@ -218,7 +240,7 @@ int Main(int argc, char** argv) {
   }
   if (auto s = control.Poll(); !s.ok()) Log(s.message());
   Log("routes: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(), " instances from ",
-      config.state_file);
+      registry.store().name());
 
   auto admin = AdminServer::Listen(*admin_address, token,
                                    [&control](const HttpRequest& r) { return control.Handle(r); });
@@ -249,7 +271,7 @@ int Main(int argc, char** argv) {
       SpliceModeName(config.splice_mode), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
-  loop.Run(control, domain, **admin);
+  loop.Run(control, domain, **admin, registry.store().changes_fd());
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
   if (supervisor) supervisor->Stop();

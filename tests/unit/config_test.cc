@@ -50,6 +50,17 @@ TEST(Config, WorkerOptionsCarryTheFlags) {
   EXPECT_FALSE(o.ktls);
 }
 
+TEST(Config, RegistryIsTheFileOrEtcd) {
+  auto file = ParseFlags({"--base-domain=x.test"});
+  ASSERT_TRUE(file.ok());
+  EXPECT_TRUE(file->etcd_endpoints.empty()) << "the state file by default";
+  auto etcd = ParseFlags({"--base-domain=x.test", "--registry=etcd:http://10.0.0.1:2379,https://e2:2379",
+                          "--registry-prefix=/gw-eu/"});
+  ASSERT_TRUE(etcd.ok()) << etcd.status();
+  EXPECT_EQ(etcd->etcd_endpoints, (std::vector<std::string>{"http://10.0.0.1:2379", "https://e2:2379"}));
+  EXPECT_EQ(etcd->registry_prefix, "/gw-eu/");
+}
+
 TEST(Config, ListenDefaultsTo443) {
   auto c = ParseFlags({"--base-domain=example.test"});
   ASSERT_TRUE(c.ok());
@@ -74,6 +85,10 @@ TEST(Config, ErrorsNameTheFlag) {
       {{"--base-domain=bad_domain"}, "is not a host name"},
       {{"--base-domain"}, "--base-domain needs a value"},
       {{"--base-domain=x.test", "stray"}, "unexpected argument 'stray'"},
+      {{"--base-domain=x.test", "--registry=consul"}, "--registry=consul: expected file or etcd:URL[,URL...]"},
+      {{"--base-domain=x.test", "--registry=etcd:10.0.0.1:2379"}, "expected http://HOST:PORT or https://HOST:PORT"},
+      {{"--base-domain=x.test", "--registry-cert=c.pem"}, "--registry-cert and --registry-key go together"},
+      {{"--base-domain=x.test", "--registry-prefix=cvmgate"}, "--registry-prefix=cvmgate: must start with /"},
   };
   for (const auto& c : cases) {
     auto r = ParseFlags(c.args);

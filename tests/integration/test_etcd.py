@@ -1,0 +1,102 @@
+"""Several gateway hosts, one registry: two cvmgate daemons on one 3-member etcd cluster (loopback),
+routing to static instances registered through either of them."""
+
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+import peers
+from etcd_cluster import EtcdCluster
+from peers import sni_name
+from test_passthrough import assert_echo, open_relay
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    cluster = EtcdCluster(3)
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def ctl(ctl_bin, gw, *args, expect=0):
+    p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock")] + list(args),
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == expect, "cvmgatectl %s -> %d\nstdout: %s\nstderr: %s" % (
+        " ".join(args), p.returncode, p.stdout, p.stderr)
+    return p.stdout + p.stderr
+
+
+@pytest.fixture
+def two_nodes(make_gateway, etcd):
+    """Gateways A and B on one registry (a prefix of this test's own), both empty."""
+    flags = ["--registry", "etcd:" + etcd.endpoints(), "--registry-prefix", "/t/%s/" % uuid.uuid4().hex]
+    return make_gateway(state={"version": 1}, args=flags), make_gateway(state={"version": 1}, args=flags)
+
+
+def verdict(ctl_bin, gw, name):
+    return [l for l in ctl(ctl_bin, gw, "explain", name).splitlines() if l.startswith("verdict:")][0]
+
+
+def register(ctl_bin, gw, instance, address, expect=0):
+    return ctl(ctl_bin, gw, "register", "--app", "app", "--instance", instance, "--address", address,
+               "--ports", peers.TEST_PORTS, expect=expect)
+
+
+def test_registered_through_one_node_routed_by_the_other(ctl_bin, two_nodes, backends):
+    a, b = two_nodes
+    name = sni_name("app", backends.port)
+    assert "refused" in verdict(ctl_bin, b, name)
+    register(ctl_bin, a, "app-i1", "127.0.0.2")
+    started = time.monotonic()
+    peers.wait_until(lambda: "passthrough" in verdict(ctl_bin, b, name), 5, "node B to route app")
+    assert time.monotonic() - started < 1.0, "B routes what A registered within a second"
+    c, inst = open_relay(b, backends)
+    payload = os.urandom(64 << 10)
+    assert_echo(c.exchange(payload), payload)
+    c.close()
+    assert inst == "app-i1"
+    listed = ctl(ctl_bin, b, "list")
+    assert "app-i1" in listed and "127.0.0.2" in listed, listed
+
+    ctl(ctl_bin, b, "deregister", "--instance", "app-i1")
+    peers.wait_until(lambda: "refused" in verdict(ctl_bin, a, name), 5, "node A to drop app")
+
+
+def test_without_quorum_registrations_get_503_and_traffic_flows(ctl_bin, two_nodes, backends, etcd):
+    a, b = two_nodes
+    name = sni_name("app", backends.port)
+    register(ctl_bin, a, "app-i1", "127.0.0.2")
+    peers.wait_until(lambda: "passthrough" in verdict(ctl_bin, b, name), 5, "node B to route app")
+    etcd.stop(1)
+    etcd.stop(2)
+    try:
+        started = time.monotonic()
+        out = register(ctl_bin, a, "app-i2", "127.0.0.3", expect=1)
+        assert "(HTTP 503)" in out and "etcd" in out, out
+        assert time.monotonic() - started < 10, "a registration fails within its deadline"
+        # The data plane serves the routes it has.
+        c, inst = open_relay(b, backends)
+        payload = os.urandom(16 << 10)
+        assert_echo(c.exchange(payload), payload)
+        c.close()
+        assert inst == "app-i1"
+    finally:
+        etcd.start(1)
+        etcd.start(2)
+        etcd.wait_ready()
+    peers.wait_until(lambda: "registered" in register(ctl_bin, a, "app-i2", "127.0.0.3"), 15,
+                     "registrations to work again")
+    peers.wait_until(lambda: "2 healthy instances" in verdict(ctl_bin, b, name), 10, "node B to converge")
+
+
+def test_a_bad_registry_flag_is_refused(cvmgate_bin, tmp_path):
+    p = subprocess.run([cvmgate_bin, "--base-domain", "example.test", "--registry", "etcd:127.0.0.1:2379"],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 2, p.stderr
+    assert "expected http://HOST:PORT or https://HOST:PORT" in p.stderr, p.stderr
