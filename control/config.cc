@@ -99,6 +99,8 @@ const std::vector<Flag>& Flags() {
        }},
       {"registry-prefix", "PREFIX", "/cvmgate/", "etcd key prefix of this gateway cluster's registry",
        StringFlag(&Config::registry_prefix)},
+      {"node-name", "NAME", "(the host name)", "this gateway host's name among those sharing the registry",
+       StringFlag(&Config::node_name)},
       {"registry-ca", "FILE", "", "CA certificate that signs the etcd members' (https endpoints)",
        StringFlag(&Config::registry_ca)},
       {"registry-cert", "FILE", "", "client certificate for etcd, with --registry-key",

@@ -18,6 +18,7 @@ struct Config {
   // Where the registry is kept: the state file, or etcd for several gateway hosts.
   std::vector<std::string> etcd_endpoints;  // --registry etcd:URL,...; empty: --registry file
   std::string registry_prefix = "/cvmgate/";
+  std::string node_name;  // this host in the cluster (--node-name; empty: the host name)
   std::string registry_ca;
   std::string registry_cert;
   std::string registry_key;

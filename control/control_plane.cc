@@ -47,6 +47,18 @@ HttpResponse Error(const absl::Status& s) {
   return Json(status, {{"error", std::string(s.message())}});
 }
 
+// The live gateway hosts sharing the registry: what a CVM needs to peer with each.
+json GatewaysJson(const Registry& registry) {
+  json out = json::array();
+  for (const auto& [name, g] : registry.gateways()) {
+    out.push_back({{"name", g.name},
+                   {"public_key", g.public_key},
+                   {"endpoint", g.endpoint},
+                   {"tunnel_address", g.tunnel_address}});
+  }
+  return out;
+}
+
 std::string Field(const json& body, const char* name) {
   auto it = body.find(name);
   return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
@@ -224,6 +236,7 @@ HttpResponse ControlPlane::Handle(const HttpRequest& req) {
     return req.method == "POST" ? Deregister(req) : Json(405, {{"error", "use POST"}});
   }
   if (req.path == "/v1/list") return req.method == "GET" ? List() : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/nodes") return req.method == "GET" ? Nodes() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/explain") return req.method == "GET" ? Explain(req) : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/apps") return req.method == "GET" ? Apps() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/app-settings") {
@@ -301,6 +314,8 @@ HttpResponse ControlPlane::Register(const HttpRequest& req) {
     reply["gateway_public_key"] = tunnel_view_.public_key;
     reply["gateway_endpoint"] = options_.gateway_endpoint;
     reply["gateway_ip"] = IpText(registry_.pool().gateway());
+    // With several gateway hosts the CVM peers with every live one (this one included).
+    if (!registry_.gateways().empty()) reply["gateways"] = GatewaysJson(registry_);
   }
   return Json(200, reply);
 }
@@ -339,9 +354,19 @@ HttpResponse ControlPlane::List() {
     }
     instances.push_back(i);
   }
-  return Json(200, {{"instances", instances},
-                    {"healthy_within_s", absl::ToInt64Seconds(options_.healthy_within)},
-                    {"wireguard", tunnel_ ? tunnel_view_.backend : std::string("none")}});
+  json reply = {{"instances", instances},
+                {"healthy_within_s", absl::ToInt64Seconds(options_.healthy_within)},
+                {"wireguard", tunnel_ ? tunnel_view_.backend : std::string("none")}};
+  // Health is each host's own (its own handshakes): say whose view this is.
+  if (!options_.node_name.empty()) reply["node"] = options_.node_name;
+  return Json(200, reply);
+}
+
+HttpResponse ControlPlane::Nodes() {
+  if (options_.node_name.empty()) {
+    return Error(absl::FailedPreconditionError("one gateway host: its registry is not shared (--registry file)"));
+  }
+  return Json(200, {{"node", options_.node_name}, {"nodes", GatewaysJson(registry_)}});
 }
 
 HttpResponse ControlPlane::Explain(const HttpRequest& req) {

@@ -44,6 +44,7 @@ struct ControlOptions {
   absl::Duration ticket_key_rotation = absl::Hours(1);
   bool proxy_protocol = false;  // unless the app overrides it
   std::vector<sockaddr_storage> listeners;  // the data plane's bound listeners: never an instance's address:port
+  std::string node_name;  // this gateway host in a cluster sharing its registry (etcd); empty: one host
 };
 
 class ControlPlane {
@@ -77,6 +78,7 @@ class ControlPlane {
   HttpResponse Register(const HttpRequest& request);
   HttpResponse Deregister(const HttpRequest& request);
   HttpResponse List();
+  HttpResponse Nodes();
   HttpResponse Explain(const HttpRequest& request);
   HttpResponse Apps();
   HttpResponse SetAppSettings(const HttpRequest& request);

@@ -161,6 +161,20 @@ absl::Status Registry::Load() {
   auto pool = IpPool::Create(pool_.cidr(), IpText(pool_.gateway()));
   if (!pool.ok()) return pool.status();
   Registry fresh(*std::move(pool), std::unique_ptr<RegistryStore>());
+  // The gateway hosts first: their tunnel addresses are never a CVM's.
+  if (doc.contains("gateways")) {
+    if (!doc["gateways"].is_object()) return fail("'gateways' must be an object");
+    for (auto& [name, g] : doc["gateways"].items()) {
+      if (!g.is_object()) return fail(absl::StrCat("gateway '", name, "' must be an object"));
+      GatewayNode node{name, g.value("public_key", ""), g.value("endpoint", ""), g.value("tunnel_address", "")};
+      if (auto ip = Ipv4(node.tunnel_address); ip && fresh.pool_.Contains(*ip) && ip->s_addr != fresh.pool_.gateway().s_addr) {
+        if (auto s = fresh.pool_.Reserve(*ip); !s.ok()) {
+          return fail(absl::StrCat("gateway '", name, "': tunnel address ", node.tunnel_address, ": ", s.message()));
+        }
+      }
+      fresh.gateways_[name] = std::move(node);
+    }
+  }
   if (doc.contains("apps")) {
     if (!doc["apps"].is_object()) return fail("'apps' must be an object");
     for (auto& [raw_app, app] : doc["apps"].items()) {
@@ -235,6 +249,7 @@ absl::Status Registry::Load() {
   settings_ = std::move(fresh.settings_);
   app_sizes_ = std::move(fresh.app_sizes_);
   key_owner_ = std::move(fresh.key_owner_);
+  gateways_ = std::move(fresh.gateways_);
   return absl::OkStatus();
 }
 

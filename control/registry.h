@@ -35,6 +35,15 @@ inline constexpr int32_t kMaxAppConnectionsLimit = 1 << 24;
 
 class Registry;
 
+// A gateway host of a cluster that shares its registry (etcd): what a CVM needs to peer with it.
+struct GatewayNode {
+  std::string name;
+  std::string public_key;      // its WireGuard key (base64); empty: a host without a tunnel
+  std::string endpoint;        // host:port CVMs dial (--wg-endpoint)
+  std::string tunnel_address;  // its address in the pool (--wg-address), claimed like a CVM's
+  bool operator==(const GatewayNode&) const = default;
+};
+
 // One change the registry made in memory, for its store to make durable: an instance registered,
 // replaced or deregistered (`before` and/or `after`), or an app's settings (`app`).
 struct RegistryChange {
@@ -123,6 +132,8 @@ class Registry {
 
   const std::map<std::string, Registration>& instances() const { return instances_; }
   const IpPool& pool() const { return pool_; }
+  // The live gateway hosts sharing this registry, by name (etcd only; empty with the state file).
+  const std::map<std::string, GatewayNode>& gateways() const { return gateways_; }
   RegistryStore& store() const { return *store_; }
   std::string ToJson() const;
 
@@ -165,6 +176,7 @@ class Registry {
   std::unique_ptr<RegistryStore> store_;  // null in the scratch registry Load validates with
   std::map<std::string, Registration> instances_;          // by instance id
   std::map<std::string, AppSettings> settings_;             // by app id; never holds an empty value
+  std::map<std::string, GatewayNode> gateways_;             // by name
   absl::flat_hash_map<std::string, size_t> app_sizes_;      // app id -> instances
   absl::flat_hash_map<std::string, std::string> key_owner_;  // CVM key (base64) -> instance id
 };

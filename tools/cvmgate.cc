@@ -81,6 +81,12 @@ int ProbeCommand(const std::vector<std::string>& args) {
   return decisions.ok() ? 0 : 1;
 }
 
+std::string HostName() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
 // The registry's store: the state file, locked (in `lock`) so that one daemon owns it, or etcd.
 absl::StatusOr<std::unique_ptr<RegistryStore>> OpenRegistryStore(const Config& config, Fd& lock) {
   if (config.etcd_endpoints.empty()) {
@@ -194,6 +200,26 @@ int Main(int argc, char** argv) {
     }
     wg_setup = *std::move(w);
   }
+  // A host sharing its registry announces itself, for the CVMs to peer with every host.
+  std::string node_name;
+  if (etcd != nullptr) {
+    node_name = config.node_name.empty() ? HostName() : config.node_name;
+    GatewayNode self{node_name, "", config.wg_endpoint, ""};
+    if (wg_setup) {
+      auto public_key = PublicKeyFromPrivate(wg_setup->private_key);
+      if (!public_key.ok()) {
+        Log("wireguard: ", public_key.status().message());
+        return 1;
+      }
+      self.public_key = public_key->ToBase64();
+      self.tunnel_address = config.wg_address;
+    }
+    if (auto s = etcd->Announce(self); !s.ok()) {
+      Log(s.message());
+      return 1;
+    }
+    Log("registry: gateway host ", node_name, " announced in ", registry.store().name());
+  }
 
   // The tunnel is kept on a thread of its own: no WireGuard call ever stalls
   // the control loop, and a dead or deleted interface is brought back.
@@ -222,7 +248,7 @@ int Main(int argc, char** argv) {
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,
                          config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation,
-                         config.proxy_protocol, {}};
+                         config.proxy_protocol, {}, node_name};
   for (const ListenAddress& l : config.listen) options.listeners.push_back(l.addr);
   ControlPlane control(options, registry, domain, supervisor.get(), clock,
                        [&loop] { return loop.WorkerMetrics(); });

@@ -45,6 +45,8 @@ const std::vector<Verb> kVerbs = {
     {"deregister", "deregister --instance ID", "remove an instance, its WireGuard peer and its address"},
     {"list", "list", "every instance with its address, last WireGuard handshake and health"},
     {"apps", "apps", "every app with its connections and settings (overrides marked with *)"},
+    {"nodes", "nodes", "the live gateway hosts sharing this registry (--registry etcd:...), with what CVMs\n"
+     "peer with: public key, endpoint, tunnel address"},
     {"app-set", "app-set APP [--proxy-protocol on|off|default] [--max-connections N|default]",
      "override the daemon's --proxy-protocol or --app-max-connections for one app; 'default' follows\n"
      "the flag again. Applies to new connections at once; settings are kept in the state file and may\n"
@@ -158,6 +160,17 @@ void PrintHuman(const std::string& verb, const json& j) {
     PrintTable(rows);
     std::printf("%zu instances; healthy = handshake within %s s; WireGuard: %s\n", j["instances"].size(),
                 Str(j, "healthy_within_s").c_str(), Str(j, "wireguard").c_str());
+    if (j.contains("node")) std::printf("health as gateway host %s sees it\n", Str(j, "node").c_str());
+  } else if (verb == "nodes") {
+    std::vector<std::vector<std::string>> rows = {{"NODE", "PUBLIC-KEY", "ENDPOINT", "TUNNEL-IP"}};
+    for (const json& n : j["nodes"]) {
+      rows.push_back({Str(n, "name") + (Str(n, "name") == Str(j, "node") ? " (this one)" : ""),
+                      Str(n, "public_key").empty() ? "-" : Str(n, "public_key"),
+                      Str(n, "endpoint").empty() ? "-" : Str(n, "endpoint"),
+                      Str(n, "tunnel_address").empty() ? "-" : Str(n, "tunnel_address")});
+    }
+    PrintTable(rows);
+    std::printf("%zu gateway hosts\n", j["nodes"].size());
   } else if (verb == "apps") {
     std::vector<std::vector<std::string>> rows = {{"APP", "INSTANCES", "CONNECTIONS", "MAX", "PROXY-PROTOCOL"}};
     for (const json& a : j["apps"]) {
@@ -196,6 +209,11 @@ void PrintHuman(const std::string& verb, const json& j) {
       std::printf("gateway public key: %s\ngateway endpoint:   %s\ngateway tunnel ip:  %s\n",
                   Str(j, "gateway_public_key").c_str(), Str(j, "gateway_endpoint").c_str(),
                   Str(j, "gateway_ip").c_str());
+      // Several gateway hosts: the CVM peers with each (the one above is among them).
+      for (const json& g : j.value("gateways", json::array())) {
+        std::printf("gateway host %s: public key %s, endpoint %s, tunnel ip %s\n", Str(g, "name").c_str(),
+                    Str(g, "public_key").c_str(), Str(g, "endpoint").c_str(), Str(g, "tunnel_address").c_str());
+      }
     }
     std::string domains;
     for (const json& d : j["base_domains"]) domains += (domains.empty() ? "" : " ") + d.get<std::string>();
@@ -297,6 +315,8 @@ int Main(int argc, char** argv) {
     body = {{"instance", opts["instance"]}};
   } else if (verb == "list") {
     target = "/v1/list";
+  } else if (verb == "nodes") {
+    target = "/v1/nodes";
   } else if (verb == "apps") {
     target = "/v1/apps";
   } else if (verb == "app-set") {

@@ -24,6 +24,7 @@ constexpr std::string_view kApps = "apps/";
 constexpr std::string_view kAddressClaims = "claims/address/";
 constexpr std::string_view kKeyClaims = "claims/key/";
 constexpr std::string_view kSequence = "sequence";
+constexpr std::string_view kNodes = "nodes/";
 
 bool StartsWith(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 
@@ -59,16 +60,20 @@ absl::StatusOr<std::unique_ptr<EtcdStore>> EtcdStore::Open(const EtcdOptions& op
   if (!client.ok()) return client.status();
   auto watcher = EtcdClient::Connect(options);
   if (!watcher.ok()) return watcher.status();
+  auto leaser = EtcdClient::Connect(options);
+  if (!leaser.ok()) return leaser.status();
   std::string endpoints;
   for (const std::string& e : options.endpoints) endpoints += (endpoints.empty() ? "" : ",") + e;
   std::string name = absl::StrCat("etcd registry ", endpoints, " ", prefix);
-  return std::unique_ptr<EtcdStore>(new EtcdStore(*std::move(client), *std::move(watcher), prefix, name));
+  return std::unique_ptr<EtcdStore>(
+      new EtcdStore(*std::move(client), *std::move(watcher), *std::move(leaser), prefix, name));
 }
 
-EtcdStore::EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher, std::string prefix,
-                     std::string name)
+EtcdStore::EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher,
+                     std::unique_ptr<EtcdClient> leaser, std::string prefix, std::string name)
     : client_(std::move(client)),
       watcher_(std::move(watcher)),
+      leaser_(std::move(leaser)),
       prefix_(std::move(prefix)),
       name_(std::move(name)),
       changes_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
@@ -79,13 +84,18 @@ EtcdStore::~EtcdStore() {
     stopping_ = true;
     if (watch_ != nullptr) watch_->Cancel();
   }
+  stop_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (lease_thread_.joinable()) lease_thread_.join();
+  // A host that stops on purpose leaves the cluster at once, not when its lease runs out.
+  if (lease_ != 0) (void)leaser_->RevokeLease(lease_);
 }
 
 absl::StatusOr<std::string> EtcdStore::Read() {
   auto range = client_->GetPrefix(prefix_);
   if (!range.ok()) return absl::Status(range.status().code(), absl::StrCat(name_, ": ", range.status().message()));
   json apps = json::object();
+  json gateways = json::object();
   int64_t sequence = 0;
   for (const EtcdKeyValue& kv : range->kvs) {
     std::string_view key = std::string_view(kv.key).substr(prefix_.size());
@@ -103,6 +113,10 @@ absl::StatusOr<std::string> EtcdStore::Read() {
       v.erase("app");
       v["id"] = std::string(key.substr(kInstances.size()));
       apps[app]["instances"].push_back(std::move(v));
+    } else if (StartsWith(key, kNodes)) {
+      json v = json::parse(kv.value, nullptr, false);
+      if (v.is_discarded() || !v.is_object()) return bad("not a gateway host (a JSON object)");
+      gateways[std::string(key.substr(kNodes.size()))] = std::move(v);
     } else if (StartsWith(key, kApps)) {
       json v = json::parse(kv.value, nullptr, false);
       if (v.is_discarded() || !v.is_object()) return bad("not an app's settings (a JSON object)");
@@ -112,7 +126,7 @@ absl::StatusOr<std::string> EtcdStore::Read() {
   }
   sequence_revision_ = sequence;
   known_revision_.store(range->revision);
-  return json{{"version", 1}, {"apps", apps}}.dump();
+  return json{{"version", 1}, {"apps", apps}, {"gateways", gateways}}.dump();
 }
 
 absl::Status EtcdStore::Write(const RegistryChange& change, const Registry& after) {
@@ -211,6 +225,85 @@ void EtcdStore::Watch() {
     // meanwhile; it reads them when the watch is back.
     if (!watch.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
     Notify();
+  }
+}
+
+absl::Status EtcdStore::Publish(const GatewayNode& self, absl::Duration ttl, EtcdClient& client) {
+  auto lease = client.GrantLease(ttl);
+  if (!lease.ok()) return absl::Status(lease.status().code(), absl::StrCat(name_, ": ", lease.status().message()));
+  const std::string node_key = prefix_ + std::string(kNodes) + self.name;
+  const std::string holder = "node:" + self.name;
+  std::vector<EtcdCompare> free = {EtcdCompare::Absent(node_key)};
+  std::vector<EtcdOp> ops = {EtcdOp::Put(node_key,
+                                         json{{"public_key", self.public_key},
+                                              {"endpoint", self.endpoint},
+                                              {"tunnel_address", self.tunnel_address}}
+                                             .dump(),
+                                         lease->first),
+                             EtcdOp::Put(prefix_ + std::string(kSequence), "")};
+  std::string claim;
+  if (!self.tunnel_address.empty()) {
+    claim = prefix_ + std::string(kAddressClaims) + self.tunnel_address;
+    free.push_back(EtcdCompare::Absent(claim));
+    ops.push_back(EtcdOp::Put(claim, holder, lease->first));
+  }
+  auto txn = client.Txn(free, ops, {EtcdOp::Get(node_key), EtcdOp::Get(claim.empty() ? node_key : claim)});
+  if (!txn.ok()) return absl::Status(txn.status().code(), absl::StrCat(name_, ": ", txn.status().message()));
+  if (!txn->succeeded) {
+    (void)client.RevokeLease(lease->first);
+    if (txn->gets.size() == 2 && txn->gets[0]) {
+      return absl::AlreadyExistsError(absl::StrCat(name_, ": a gateway host named '", self.name,
+                                                   "' is live already (another --node-name, or wait for its "
+                                                   "lease to lapse)"));
+    }
+    std::string who = txn->gets.size() == 2 && txn->gets[1] ? txn->gets[1]->value : "?";
+    return absl::AlreadyExistsError(
+        absl::StrCat(name_, ": tunnel address ", self.tunnel_address, " is held by ", who));
+  }
+  std::lock_guard lock(mu_);
+  lease_ = lease->first;
+  return absl::OkStatus();
+}
+
+absl::Status EtcdStore::Announce(const GatewayNode& self, absl::Duration ttl) {
+  if (self.name.empty() || self.name.size() > 253 ||
+      self.name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") !=
+          std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("--node-name=", self.name,
+                                                   ": 1-253 letters, digits, '.', '-' or '_' (it is an etcd key)"));
+  }
+  absl::Status s = Publish(self, ttl, *client_);
+  if (absl::IsAlreadyExists(s)) {
+    // This host, restarted before its last lease ran out, is the same host (same WireGuard key and
+    // address): it ends that lease and takes its place. A host without a key has no such proof.
+    auto live = client_->Get(prefix_ + std::string(kNodes) + self.name);
+    if (live.ok() && live->has_value()) {
+      json v = json::parse((*live)->value, nullptr, false);
+      if (!v.is_discarded() && !self.public_key.empty() && v.value("public_key", "") == self.public_key &&
+          v.value("tunnel_address", "") == self.tunnel_address && (*live)->lease != 0) {
+        (void)client_->RevokeLease((*live)->lease);
+        s = Publish(self, ttl, *client_);
+      }
+    }
+  }
+  if (!s.ok()) return s;
+  lease_thread_ = std::thread([this, self, ttl] { KeepAnnounced(self, ttl); });
+  return absl::OkStatus();
+}
+
+void EtcdStore::KeepAnnounced(GatewayNode self, absl::Duration ttl) {
+  std::unique_lock lock(mu_);
+  while (!stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(ttl / 3), [&] { return stopping_; })) {
+    int64_t lease = lease_;
+    lock.unlock();
+    absl::Status s = leaser_->KeepAlive(lease);
+    if (absl::IsNotFound(s)) {
+      // The lease lapsed (etcd was out of reach longer than its TTL): this host comes back.
+      Log("registry: this gateway host's lease lapsed; announcing it again");
+      s = Publish(self, ttl, *leaser_);
+    }
+    if (!s.ok()) Log("registry: keeping this gateway host announced: ", s.message());
+    lock.lock();
   }
 }
 

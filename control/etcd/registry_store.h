@@ -5,6 +5,8 @@
 //   <prefix>claims/address/<ip>    the instance holding a tunnel address: created only if absent
 //   <prefix>claims/key/<key>       the instance holding a WireGuard public key: created only if absent
 //   <prefix>sequence               rewritten by every write
+//   <prefix>nodes/<name>           a live gateway host {"public_key", "endpoint", "tunnel_address"},
+//                                  under the host's lease, as is its claim on its tunnel address
 //
 // Every write is one transaction that commits only if <prefix>sequence is as this node last saw it,
 // so the registry's rules (registry.h), checked against this node's copy, hold for the cluster: a
@@ -15,6 +17,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,16 +41,23 @@ class EtcdStore final : public RegistryStore {
 
   // Starts the watch thread (from the revision the last Read saw).
   void StartWatching();
+  // Publishes this gateway host under a lease of `ttl`, kept alive by a thread of its own (and
+  // published again if it lapsed, after a partition): when the host dies, it and its tunnel
+  // address's claim go with the lease. AlreadyExists when another host holds the address or name.
+  absl::Status Announce(const GatewayNode& self, absl::Duration ttl = absl::Seconds(10));
   const std::string& prefix() const { return prefix_; }
 
  private:
-  EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher, std::string prefix,
-            std::string name);
+  EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher,
+            std::unique_ptr<EtcdClient> leaser, std::string prefix, std::string name);
   void Watch();
   void Notify();
+  absl::Status Publish(const GatewayNode& self, absl::Duration ttl, EtcdClient& client);
+  void KeepAnnounced(GatewayNode self, absl::Duration ttl);
 
   std::unique_ptr<EtcdClient> client_;   // the control thread's
   std::unique_ptr<EtcdClient> watcher_;  // the watch thread's
+  std::unique_ptr<EtcdClient> leaser_;   // the lease thread's
   std::string prefix_;
   std::string name_;
   int64_t sequence_revision_ = 0;             // <prefix>sequence's mod revision as last read or written (0: none)
@@ -57,6 +67,9 @@ class EtcdStore final : public RegistryStore {
   bool stopping_ = false;
   EtcdWatch* watch_ = nullptr;
   std::thread thread_;
+  std::condition_variable stop_cv_;  // wakes the lease thread to stop
+  int64_t lease_ = 0;                // the host's lease (guarded by mu_)
+  std::thread lease_thread_;
 };
 
 }  // namespace cvmgate

@@ -36,7 +36,8 @@ def ctl(ctl_bin, gw, *args, expect=0):
 def two_nodes(make_gateway, etcd):
     """Gateways A and B on one registry (a prefix of this test's own), both empty."""
     flags = ["--registry", "etcd:" + etcd.endpoints(), "--registry-prefix", "/t/%s/" % uuid.uuid4().hex]
-    return make_gateway(state={"version": 1}, args=flags), make_gateway(state={"version": 1}, args=flags)
+    return (make_gateway(state={"version": 1}, args=flags + ["--node-name", "a"]),
+            make_gateway(state={"version": 1}, args=flags + ["--node-name", "b"]))
 
 
 def verdict(ctl_bin, gw, name):
@@ -100,3 +101,29 @@ def test_a_bad_registry_flag_is_refused(cvmgate_bin, tmp_path):
                        capture_output=True, text=True, timeout=10)
     assert p.returncode == 2, p.stderr
     assert "expected http://HOST:PORT or https://HOST:PORT" in p.stderr, p.stderr
+
+
+def test_gateway_hosts_are_listed_and_a_dead_one_disappears(ctl_bin, make_gateway, etcd):
+    flags = ["--registry", "etcd:" + etcd.endpoints(), "--registry-prefix", "/t/%s/" % uuid.uuid4().hex]
+    a = make_gateway(state={"version": 1}, args=flags + ["--node-name", "gw-a"])
+    b = make_gateway(state={"version": 1}, args=flags + ["--node-name", "gw-b"])
+    peers.wait_until(lambda: "gw-b" in ctl(ctl_bin, a, "nodes"), 5, "A to see B")
+    table = ctl(ctl_bin, a, "nodes")
+    assert "gw-a (this one)" in table and "2 gateway hosts" in table, table
+    assert "health as gateway host gw-a sees it" in ctl(ctl_bin, a, "list")
+
+    # A second host under a live host's name does not start.
+    clash = peers.Gateway(a.binary, str(a.workdir) + "-clash", args=flags + ["--node-name", "gw-b"])
+    os.makedirs(clash.workdir)
+    try:
+        with pytest.raises(peers.PeerError):
+            clash.start()
+    finally:
+        clash.kill()
+    assert "a gateway host named 'gw-b' is live already" in clash.log(), clash.log()
+
+    # A host killed without a word is gone when its lease runs out (10 s).
+    b.kill()
+    started = time.monotonic()
+    peers.wait_until(lambda: "gw-b" not in ctl(ctl_bin, a, "nodes"), 20, "B's lease to lapse")
+    assert time.monotonic() - started < 15, "within the lease's TTL and a watch"

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@ using nlohmann::json;
 
 constexpr char kKey1[] = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 constexpr char kKey2[] = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+constexpr char kKey3[] = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
 constexpr char kStray[] = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
 
 class FakeClock : public Clock {
@@ -83,6 +85,23 @@ TEST_F(ControlPlaneTest, RegisterReturnsTheTunnelDetailsAndAddsThePeer) {
   EXPECT_EQ(tunnel_.peers[kKey1], "10.0.0.2");
   EXPECT_TRUE(domain_.current()->Find("app").known);
   EXPECT_EQ(Healthy("app"), 0u) << "no handshake yet: not routable";
+}
+
+TEST_F(ControlPlaneTest, WithSeveralGatewayHostsRegisterListsEachAndSkipsTheirAddresses) {
+  // Another host's tunnel address is never a CVM's (it is the next free one here).
+  std::ofstream(dir_ / "state.json") << R"({"version": 1, "gateways": {
+      "gw-a": {"public_key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "endpoint": "a.example:51820",
+               "tunnel_address": "10.0.0.1"},
+      "gw-b": {"public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=", "endpoint": "b.example:51820",
+               "tunnel_address": "10.0.0.2"}}})";
+  ASSERT_TRUE(registry_.Load().ok());
+  json r = Register("app", "app-1", kKey3);
+  EXPECT_EQ(r["ip"], "10.0.0.3") << "10.0.0.2 is gw-b's";
+  ASSERT_EQ(r["gateways"].size(), 2u) << r.dump();
+  EXPECT_EQ(r["gateways"][1]["name"], "gw-b");
+  EXPECT_EQ(r["gateways"][1]["endpoint"], "b.example:51820");
+  EXPECT_EQ(r["gateways"][1]["tunnel_address"], "10.0.0.2");
+  Call("GET", "/v1/nodes", nullptr, {}, 503);  // this test's host was not given a node name
 }
 
 TEST_F(ControlPlaneTest, HealthFollowsTheLatestHandshake) {
