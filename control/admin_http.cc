@@ -27,6 +27,9 @@ namespace {
 
 constexpr size_t kMaxHeaderBytes = 16 * 1024;
 constexpr size_t kMaxBodyBytes = 64 * 1024;
+// An imported registry (cvmgatectl import) is a whole state file: about 120 bytes an instance.
+constexpr size_t kMaxImportBytes = 16 * 1024 * 1024;
+constexpr std::string_view kImportRequest = "POST /v1/import ";
 constexpr size_t kMaxClients = 64;
 constexpr int64_t kClientTimeoutMs = 5000;
 
@@ -299,7 +302,8 @@ bool AdminServer::Serve(Client& c) {
       ssize_t n = read(c.fd.get(), buf, sizeof(buf));
       if (n > 0) {
         c.in.append(buf, n);
-        if (c.in.size() > kMaxHeaderBytes + kMaxBodyBytes) break;
+        bool import = c.in.compare(0, kImportRequest.size(), kImportRequest) == 0;
+        if (c.in.size() > kMaxHeaderBytes + (import ? kMaxImportBytes : kMaxBodyBytes)) break;
         continue;
       }
       if (n == 0) return false;  // the client left before finishing its request
@@ -307,7 +311,8 @@ bool AdminServer::Serve(Client& c) {
       return false;
     }
     HttpRequest req;
-    auto used = ParseHttpRequest(c.in, kMaxBodyBytes, req);
+    bool import = c.in.compare(0, kImportRequest.size(), kImportRequest) == 0;
+    auto used = ParseHttpRequest(c.in, import ? kMaxImportBytes : kMaxBodyBytes, req);
     if (!used.ok()) {
       int status = used.status().code() == absl::StatusCode::kOutOfRange ? 413 : 400;
       c.out = Serialize(ErrorResponse(status, std::string(used.status().message())));

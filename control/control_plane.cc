@@ -237,6 +237,11 @@ HttpResponse ControlPlane::Handle(const HttpRequest& req) {
   }
   if (req.path == "/v1/list") return req.method == "GET" ? List() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/nodes") return req.method == "GET" ? Nodes() : Json(405, {{"error", "use GET"}});
+  if (req.path == "/v1/export") {
+    return req.method == "GET" ? HttpResponse{200, "application/json", registry_.ToJson()}
+                               : Json(405, {{"error", "use GET"}});
+  }
+  if (req.path == "/v1/import") return req.method == "POST" ? Import(req) : Json(405, {{"error", "use POST"}});
   if (req.path == "/v1/explain") return req.method == "GET" ? Explain(req) : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/apps") return req.method == "GET" ? Apps() : Json(405, {{"error", "use GET"}});
   if (req.path == "/v1/app-settings") {
@@ -360,6 +365,18 @@ HttpResponse ControlPlane::List() {
   // Health is each host's own (its own handshakes): say whose view this is.
   if (!options_.node_name.empty()) reply["node"] = options_.node_name;
   return Json(200, reply);
+}
+
+HttpResponse ControlPlane::Import(const HttpRequest& req) {
+  auto imported = registry_.Import(req.body);
+  // Whatever was added before an error stays added: the routes and peers follow it either way.
+  ++registry_version_;
+  SyncPeers();
+  if (auto s = Publish(); !s.ok()) return Error(s);
+  if (!imported.ok()) return Error(imported.status());
+  Log("imported a registry: ", imported->added, " instances added, ", imported->unchanged, " already here, ",
+      imported->settings, " apps' settings changed");
+  return Json(200, {{"added", imported->added}, {"unchanged", imported->unchanged}, {"settings", imported->settings}});
 }
 
 HttpResponse ControlPlane::Nodes() {

@@ -79,6 +79,7 @@ class ControlPlane {
   HttpResponse Deregister(const HttpRequest& request);
   HttpResponse List();
   HttpResponse Nodes();
+  HttpResponse Import(const HttpRequest& request);
   HttpResponse Explain(const HttpRequest& request);
   HttpResponse Apps();
   HttpResponse SetAppSettings(const HttpRequest& request);

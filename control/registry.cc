@@ -399,6 +399,67 @@ absl::StatusOr<bool> Registry::SetAppSettingsOnce(std::string_view raw_app, cons
   return true;
 }
 
+namespace {
+
+// A document to check by the registry's rules, never written.
+class DocumentStore final : public RegistryStore {
+ public:
+  explicit DocumentStore(std::string text) : text_(std::move(text)) {}
+  const std::string& name() const override { return name_; }
+  absl::StatusOr<std::string> Read() override { return text_; }
+  absl::Status Write(const RegistryChange&, const Registry&) override {
+    return absl::InternalError("an imported document is not written");
+  }
+
+ private:
+  std::string text_;
+  std::string name_ = "imported registry";
+};
+
+}  // namespace
+
+absl::StatusOr<Registry::Outcome> Registry::AdoptOnce(const Registration& reg) {
+  if (auto s = CheckNames(reg.app, reg.id); !s.ok()) return s;
+  if (reg.key) {
+    if (auto owner = key_owner_.find(reg.key->ToBase64()); owner != key_owner_.end() && owner->second != reg.id) {
+      return absl::AlreadyExistsError(absl::StrCat("public key already belongs to instance '", owner->second, "'"));
+    }
+  }
+  return Commit(std::nullopt, reg);
+}
+
+absl::StatusOr<Registry::Imported> Registry::Import(const std::string& document) {
+  auto pool = IpPool::Create(pool_.cidr(), IpText(pool_.gateway()));
+  if (!pool.ok()) return pool.status();
+  Registry incoming(*std::move(pool), std::make_unique<DocumentStore>(document));
+  if (absl::Status s = incoming.Load(); !s.ok()) return s;
+  Imported out;
+  for (const auto& [app, settings] : incoming.settings_) {
+    auto changed = SetAppSettings(app, settings);
+    if (!changed.ok()) return changed.status();
+    out.settings += *changed;
+  }
+  for (const auto& [id, reg] : incoming.instances_) {
+    if (auto it = instances_.find(id); it != instances_.end()) {
+      const Registration& here = it->second;
+      if (here.app == reg.app && here.address == reg.address && here.key == reg.key && here.ports == reg.ports) {
+        ++out.unchanged;
+        continue;
+      }
+      return absl::AlreadyExistsError(absl::StrCat("instance '", id, "' is registered here otherwise (app ", here.app,
+                                                   ", address ", here.address, "): deregister it first (",
+                                                   out.added, " instances were added)"));
+    }
+    if (auto adopted = Retried([&] { return AdoptOnce(reg); }); !adopted.ok()) {
+      const absl::Status& s = adopted.status();
+      return absl::Status(s.code(), absl::StrCat("instance '", id, "': ", s.message(), " (", out.added,
+                                                 " instances were added)"));
+    }
+    ++out.added;
+  }
+  return out;
+}
+
 const AppSettings& Registry::app_settings(const std::string& app) const {
   static const AppSettings kNone;
   auto it = settings_.find(app);

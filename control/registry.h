@@ -130,6 +130,18 @@ class Registry {
   const AppSettings& app_settings(const std::string& app) const;
   const std::map<std::string, AppSettings>& all_app_settings() const { return settings_; }
 
+  // Adds what a state-file document holds (cvmgatectl import: a registry moved between the state
+  // file and etcd). The document is checked whole by the registry's rules first; then each app's
+  // settings and each instance, with its address, is written as one change. An instance already
+  // here as it is in the document is left alone; one that differs is an error (nothing after it
+  // is added), so an import can be run again after a failure.
+  struct Imported {
+    size_t added = 0;
+    size_t unchanged = 0;
+    size_t settings = 0;
+  };
+  absl::StatusOr<Imported> Import(const std::string& document);
+
   const std::map<std::string, Registration>& instances() const { return instances_; }
   const IpPool& pool() const { return pool_; }
   // The live gateway hosts sharing this registry, by name (etcd only; empty with the state file).
@@ -158,6 +170,8 @@ class Registry {
                                              std::string_view ports);
   absl::StatusOr<Registration> DeregisterOnce(std::string_view id);
   absl::StatusOr<bool> SetAppSettingsOnce(std::string_view app, const AppSettings& settings);
+  // Adds `reg` as it is (its address included), by the rules Register follows.
+  absl::StatusOr<Outcome> AdoptOnce(const Registration& reg);
   bool IsApp(const std::string& id) const { return app_sizes_.contains(id) || settings_.contains(id); }
   // The shared namespace, for `id` joining `app` (an existing instance of
   // `app` may be registered again).

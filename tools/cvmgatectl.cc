@@ -53,6 +53,11 @@ const std::vector<Verb> kVerbs = {
      "be made before the app's first instance registers."},
     {"explain", "explain HOST", "how a TLS connection for HOST would be routed, or why it would be refused"},
     {"metrics", "metrics", "the Prometheus metrics page"},
+    {"export", "export", "the whole registry as a state file (JSON) on stdout"},
+    {"import", "import FILE",
+     "add a state file's apps and instances (with their addresses) to the daemon's registry: how a\n"
+     "registry moves from a state file into etcd (--registry etcd:...) and back. Instances already\n"
+     "there as in the file are left alone; one that differs stops the import (run it again once fixed)."},
     {"reload-certificates", "reload-certificates",
      "reread every --tls-cert file; live connections keep their certificate, and a bad new one\n"
      "(unreadable, key mismatch, expired) leaves the ones in force and is reported"},
@@ -222,6 +227,9 @@ void PrintHuman(const std::string& verb, const json& j) {
     std::printf("deregistered instance %s of app %s\n", Str(j, "instance").c_str(), Str(j, "app").c_str());
   } else if (verb == "reload-certificates") {
     std::printf("reloaded the certificates of %s base domains\n", Str(j, "reloaded").c_str());
+  } else if (verb == "import") {
+    std::printf("imported: %s instances added, %s already there, %s apps' settings changed\n",
+                Str(j, "added").c_str(), Str(j, "unchanged").c_str(), Str(j, "settings").c_str());
   }
 }
 
@@ -359,6 +367,17 @@ int Main(int argc, char** argv) {
     positional.clear();
   } else if (verb == "metrics") {
     target = "/metrics";
+  } else if (verb == "export") {
+    target = "/v1/export";
+  } else if (verb == "import") {
+    if (positional.size() != 1) return usage_error("give the state file to import");
+    auto text = ReadSmallFile(positional[0]);
+    if (!text.ok()) return usage_error(std::string(text.status().message()));
+    body = json::parse(*text, nullptr, false);
+    if (body.is_discarded()) return usage_error(positional[0] + " is not JSON");
+    positional.clear();
+    method = "POST";
+    target = "/v1/import";
   } else if (verb == "reload-certificates") {
     method = "POST";
     target = "/v1/reload-certificates";
@@ -374,7 +393,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "cvmgatectl: %s\n", std::string(reply.status().message()).c_str());
     return 1;
   }
-  if (verb == "metrics" && reply->status == 200) {
+  if ((verb == "metrics" || verb == "export") && reply->status == 200) {
     std::fputs(reply->body.c_str(), stdout);
     return 0;
   }

@@ -1,6 +1,7 @@
 """Several gateway hosts, one registry: two cvmgate daemons on one 3-member etcd cluster (loopback),
 routing to static instances registered through either of them."""
 
+import json
 import os
 import subprocess
 import time
@@ -127,3 +128,23 @@ def test_gateway_hosts_are_listed_and_a_dead_one_disappears(ctl_bin, make_gatewa
     started = time.monotonic()
     peers.wait_until(lambda: "gw-b" not in ctl(ctl_bin, a, "nodes"), 20, "B's lease to lapse")
     assert time.monotonic() - started < 15, "within the lease's TTL and a watch"
+
+
+def test_a_state_file_moves_into_etcd_and_back(ctl_bin, make_gateway, two_nodes, backends, tmp_path):
+    a, b = two_nodes
+    single = make_gateway()  # the state-file registry: app-i1 and app-i2, static
+    exported = tmp_path / "exported.json"
+    exported.write_text(ctl(ctl_bin, single, "export"))
+    assert "imported: 2 instances added, 0 already there" in ctl(ctl_bin, a, "import", str(exported))
+    name = sni_name("app", backends.port)
+    peers.wait_until(lambda: "2 healthy instances" in verdict(ctl_bin, b, name), 5, "node B to route both")
+    assert "imported: 0 instances added, 2 already there" in ctl(ctl_bin, b, "import", str(exported)), \
+        "an import runs again harmlessly"
+    back = json.loads(ctl(ctl_bin, b, "export"))
+    assert back["apps"] == json.loads(exported.read_text())["apps"], "and comes back out the same"
+    # One that differs stops the import and says which.
+    changed = json.loads(exported.read_text())
+    changed["apps"]["app"]["instances"][0]["address"] = "127.0.0.9"
+    exported.write_text(json.dumps(changed))
+    out = ctl(ctl_bin, a, "import", str(exported), expect=1)
+    assert "instance 'app-i1' is registered here otherwise" in out and "(HTTP 409)" in out, out

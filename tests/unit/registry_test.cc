@@ -393,3 +393,44 @@ TEST(Registry, MissingStateFileIsEmpty) {
 
 }  // namespace
 }  // namespace cvmgate
+
+namespace cvmgate {
+namespace {
+
+TEST(Registry, ImportKeepsAddressesAndRunsAgainHarmlessly) {
+  TempDir dir;
+  Registry reg(Pool(), dir.file("state.json"));
+  ASSERT_TRUE(reg.Load().ok());
+  ASSERT_TRUE(reg.Register("other", "other-1", kKey3).ok());  // takes 10.0.0.2
+  const std::string doc = std::string(R"({"version": 1, "apps": {"app": {"max_connections": 7, "instances": [
+      {"id": "app-1", "address": "10.0.0.50", "public_key": ")") + kKey1 + R"("},
+      {"id": "app-2", "address": "192.0.2.7", "ports": "8080"}]}}})";
+  auto first = reg.Import(doc);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->added, 2u);
+  EXPECT_EQ(first->settings, 1u);
+  EXPECT_EQ(reg.instances().at("app-1").address, "10.0.0.50") << "a CVM keeps its /32 across the move";
+  EXPECT_EQ(reg.app_settings("app").max_connections, 7);
+  auto again = reg.Import(doc);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->added, 0u);
+  EXPECT_EQ(again->unchanged, 2u);
+
+  Registry reloaded(Pool(), dir.file("state.json"));
+  ASSERT_TRUE(reloaded.Load().ok());
+  EXPECT_EQ(reloaded.instances().size(), 3u) << "each import is saved";
+
+  // The document is held to the registry's rules before anything is added, and so is each instance.
+  auto bad = reg.Import(R"({"version": 1, "apps": {"x": {"instances": [{"id": "x", "address": "10.0.0.60",
+      "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="}]}}})");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+  EXPECT_NE(bad.status().message().find("imported registry: instance id 'x' is an app's id"), std::string::npos) << bad.status();
+  auto taken = reg.Import(std::string(R"({"version": 1, "apps": {"y": {"instances": [{"id": "y-1",
+      "address": "10.0.0.2", "public_key": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="}]}}})"));
+  EXPECT_FALSE(taken.ok()) << "10.0.0.2 is other-1's";
+  EXPECT_NE(taken.status().message().find("instance 'y-1'"), std::string::npos) << taken.status();
+  EXPECT_EQ(reg.instances().size(), 3u);
+}
+
+}  // namespace
+}  // namespace cvmgate
