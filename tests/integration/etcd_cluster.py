@@ -12,7 +12,8 @@ import peers
 
 
 class EtcdCluster:
-    def __init__(self, members=3):
+    def __init__(self, members=3, netns=None):
+        self.netns = netns  # run the members inside this network namespace
         self.dir = tempfile.mkdtemp(prefix="cvmgate-etcd-")
         self.members = [{"name": "m%d" % i, "client": peers.free_port(), "peer": peers.free_port(), "proc": None}
                         for i in range(members)]
@@ -32,8 +33,9 @@ class EtcdCluster:
         cluster = ",".join("%s=http://127.0.0.1:%d" % (p["name"], p["peer"]) for p in self.members)
         client = "http://127.0.0.1:%d" % m["client"]
         peer = "http://127.0.0.1:%d" % m["peer"]
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         m["proc"] = subprocess.Popen(
-            ["etcd", "--name", m["name"], "--data-dir", os.path.join(self.dir, m["name"]),
+            prefix + ["etcd", "--name", m["name"], "--data-dir", os.path.join(self.dir, m["name"]),
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
              "--initial-cluster", cluster, "--initial-cluster-state", "new",
@@ -55,8 +57,9 @@ class EtcdCluster:
         for i, m in enumerate(self.members):
             if m["proc"] is None:
                 continue
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
             peers.wait_until(lambda: subprocess.run(
-                ["etcdctl", "--endpoints", self.client_url(i), "--command-timeout=1s", "get", "ready"],
+                prefix + ["etcdctl", "--endpoints", self.client_url(i), "--command-timeout=1s", "get", "ready"],
                 env=dict(os.environ, ETCDCTL_API="3"), capture_output=True).returncode == 0,
                 max(0.1, deadline - time.monotonic()), "etcd member %s to serve" % m["name"], interval=0.1)
 

@@ -1,9 +1,14 @@
 """Several gateway hosts, one registry: two cvmgate daemons on one 3-member etcd cluster (loopback),
 routing to static instances registered through either of them."""
 
+import base64
+import http.client
 import json
 import os
+import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -148,3 +153,103 @@ def test_a_state_file_moves_into_etcd_and_back(ctl_bin, make_gateway, two_nodes,
     exported.write_text(json.dumps(changed))
     out = ctl(ctl_bin, a, "import", str(exported), expect=1)
     assert "instance 'app-i1' is registered here otherwise" in out and "(HTTP 409)" in out, out
+
+
+class UnixHttp(http.client.HTTPConnection):
+    """HTTP over the admin API's unix socket (no cvmgatectl process per request)."""
+
+    def __init__(self, path):
+        super().__init__("cvmgate", timeout=30)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(self.path)
+
+
+def api_register(gw, instance, key):
+    """(status, body) of one registration, or (None, error) when the gateway could not answer."""
+    conn = UnixHttp(os.path.join(gw.workdir, "admin.sock"))
+    try:
+        conn.request("POST", "/v1/register", json.dumps({"app": "race", "instance": instance, "public_key": key}),
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        return None, str(e)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def race_ns():
+    name = "cvmgate-race-%x" % (os.getpid() & 0xfffff)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name])
+
+
+@pytest.mark.skipif(shutil.which("wireguard-go") is None and os.environ.get("CVMGATE_TEST_WG") != "kernel",
+                    reason="wireguard-go is needed (tools/setup installs it)")
+def test_racing_registrations_through_two_hosts_and_a_kill(ctl_bin, make_gateway, race_ns, tmp_path):
+    """CVM registrations race through two gateway hosts (each with its own WireGuard interface, all in a
+    namespace of the test's own with the etcd members); one host is killed -9 in the middle. No address
+    is handed out twice, and every registration that was acknowledged is on the surviving host."""
+    total = 1000 if os.environ.get("CVMGATE_TEST_WG") != "kernel" else 200  # the kernel suite's CPU is emulated
+    tag = "%x" % (os.getpid() & 0xfff)
+    nodes = []
+    cluster = EtcdCluster(3, netns=race_ns)
+    try:
+        cluster.wait_ready()
+        backend = "netlink" if os.environ.get("CVMGATE_TEST_WG") == "kernel" else "uapi"
+        common = ["--registry", "etcd:" + cluster.endpoints(), "--wg-backend", backend,
+                  "--wg-pool", "10.0.0.0/16", "--health-poll", "1s"]
+        for i, name in enumerate(("a", "b")):
+            nodes.append(make_gateway(state={"version": 1}, netns=race_ns, args=common + [
+                "--node-name", name, "--wg-interface", "wgr%s%s" % (name, tag),
+                "--wg-private-key-file", str(tmp_path / ("%s.key" % name)), "--wg-address", "10.0.0.%d" % (i + 1),
+                "--wg-listen-port", str(51820 + i), "--wg-endpoint", "192.0.2.1:%d" % (51820 + i)]))
+        a, b = nodes
+        acked, refused = {}, []
+        lock = threading.Lock()
+        counter = iter(range(total))
+
+        def worker(gw):
+            for n in counter:
+                if gw.proc.poll() is not None:
+                    break  # this host is dead: the other one takes the rest
+                key = base64.b64encode(os.urandom(32)).decode()
+                status, body = api_register(gw, "race-%d" % n, key)
+                with lock:
+                    if status == 200:
+                        acked["race-%d" % n] = body["ip"]
+                    else:
+                        refused.append((gw is a, status, body))
+                if status is None and gw is a:
+                    break  # the killed host no longer answers: the other one takes the rest
+                if gw is a and n >= total // 2 and a.proc.poll() is None:
+                    a.proc.kill()  # kill -9 in the middle of the race: nothing acknowledged may be lost
+        threads = [threading.Thread(target=worker, args=(gw,)) for gw in (a, a, b, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+        assert not any(t.is_alive() for t in threads), "the race ended"
+        assert len(acked) >= total - 6, "all but those in flight at the kill succeed (%d acked; refused: %s)" % (len(acked), refused[:3])
+        assert all(from_a for from_a, _, _ in refused), "only the killed host refused anything: %s" % refused[:3]
+        assert len(set(acked.values())) == len(acked), "no address handed out twice"
+
+        def listed():
+            return {i["instance"]: i["ip"] for i in json.loads(ctl(ctl_bin, b, "--json", "list"))["instances"]}
+        peers.wait_until(lambda: set(acked) <= set(listed()), 10, "B to hold every acknowledged registration")
+        on_b = listed()
+        assert all(on_b[i] == ip for i, ip in acked.items()), "with the address it was acknowledged with"
+        assert len(set(on_b.values())) == len(on_b), "no address twice on B either"
+    finally:
+        cluster.close()
+        for gw in nodes:
+            gw.kill()
+        # Each host's wireguard-go runs in a session of its own (it outlives a restart of cvmgate).
+        subprocess.run(["pkill", "-f", "wireguard-go wgr[ab]%s$" % tag])
