@@ -12,8 +12,9 @@ import peers
 
 
 class EtcdCluster:
-    def __init__(self, members=3, netns=None):
+    def __init__(self, members=3, netns=None, host="127.0.0.1"):
         self.netns = netns  # run the members inside this network namespace
+        self.host = host    # the address they listen on (loopback unless another is given)
         self.dir = tempfile.mkdtemp(prefix="cvmgate-etcd-")
         self.members = [{"name": "m%d" % i, "client": peers.free_port(), "peer": peers.free_port(), "proc": None}
                         for i in range(members)]
@@ -21,7 +22,7 @@ class EtcdCluster:
             self.start(i)
 
     def client_url(self, i):
-        return "http://127.0.0.1:%d" % self.members[i]["client"]
+        return "http://%s:%d" % (self.host, self.members[i]["client"])
 
     def endpoints(self):
         return ",".join(self.client_url(i) for i in range(len(self.members)))
@@ -31,7 +32,7 @@ class EtcdCluster:
         if m["proc"] is not None:
             return
         cluster = ",".join("%s=http://127.0.0.1:%d" % (p["name"], p["peer"]) for p in self.members)
-        client = "http://127.0.0.1:%d" % m["client"]
+        client = "http://%s:%d" % (self.host, m["client"])
         peer = "http://127.0.0.1:%d" % m["peer"]
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         m["proc"] = subprocess.Popen(

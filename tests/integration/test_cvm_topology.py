@@ -353,3 +353,93 @@ def test_a_deleted_interface_is_recreated(topo, make_gateway, ctl_bin, tls_cert)
     finally:
         for s in servers.values():
             s.close()
+
+
+# ---------------------------------------------------------------- several gateway hosts
+
+
+def test_a_cvm_peers_with_two_gateway_hosts_and_either_serves_it(topo, make_gateway, ctl_bin, tls_cert):
+    """Two gateway hosts, each in a namespace of its own with its own WireGuard interface and underlay to
+    the CVM, share one registry in etcd (three members in the first host's namespace, reached by the
+    second over a link between them). A CVM registered through host A gets both hosts in the answer,
+    peers with both, and is served through either; deregistered through B, A drops its peer."""
+    from etcd_cluster import EtcdCluster  # noqa: E402 (only this test needs it)
+
+    gw2 = "cvmgw2-" + topo.tag
+    link = "l%s" % topo.tag
+    cvm_ns = topo.cvms["cvm1"]
+    b_if = "wgh" + topo.tag
+    cluster = None
+    b = None
+    servers = []
+    try:
+        sh("ip", "netns", "add", gw2)
+        sh("ip", "-n", gw2, "link", "set", "lo", "up")
+        # Host A <-> host B (etcd lives on A's side), and host B <-> the CVM.
+        sh("ip", "link", "add", link, "netns", topo.gw, "type", "veth", "peer", "name", "eth0", "netns", gw2)
+        sh("ip", "-n", topo.gw, "addr", "add", "198.51.100.1/30", "dev", link)
+        sh("ip", "-n", topo.gw, "link", "set", link, "up")
+        sh("ip", "-n", gw2, "addr", "add", "198.51.100.2/30", "dev", "eth0")
+        sh("ip", "-n", gw2, "link", "set", "eth0", "up")
+        sh("ip", "link", "add", "b" + topo.tag, "netns", gw2, "type", "veth", "peer", "name", "eth1", "netns", cvm_ns)
+        sh("ip", "-n", gw2, "addr", "add", "192.0.2.9/30", "dev", "b" + topo.tag)
+        sh("ip", "-n", gw2, "link", "set", "b" + topo.tag, "up")
+        sh("ip", "-n", cvm_ns, "addr", "add", "192.0.2.10/30", "dev", "eth1")
+        sh("ip", "-n", cvm_ns, "link", "set", "eth1", "up")
+        cluster = EtcdCluster(3, netns=topo.gw, host="198.51.100.1")
+        cluster.wait_ready()
+
+        registry = ["--registry", "etcd:" + cluster.endpoints(), "--registry-prefix", "/topology/"]
+        a = start_gateway(make_gateway, topo, registry + ["--node-name", "host-a"])
+        b = make_gateway(state={"version": 1}, netns=gw2, args=registry + [
+            "--node-name", "host-b", "--wg-interface", b_if, "--wg-backend",
+            "netlink" if WG_KIND == "kernel" else "uapi", "--wg-private-key-file", str(topo.tmp / "gateway-b.key"),
+            "--wg-listen-port", str(WG_PORT), "--wg-address", "10.0.0.2", "--wg-endpoint", "192.0.2.9:%d" % WG_PORT,
+            "--health-poll", "300ms", "--healthy-within", "%ds" % HEALTHY_WITHIN_S])
+        peers.wait_until(lambda: len(ctl_json(ctl_bin, a, "nodes")["nodes"]) == 2, 5, "A to know B")
+
+        reply = ctl_json(ctl_bin, a, "register", "--app", "app", "--instance", "cvm1", "--public-key",
+                         topo.keys["cvm1"])
+        hosts = {g["name"]: g for g in reply["gateways"]}
+        assert set(hosts) == {"host-a", "host-b"}, reply
+        assert hosts["host-b"]["endpoint"] == "192.0.2.9:%d" % WG_PORT and hosts["host-b"]["tunnel_address"] == "10.0.0.2"
+        assert reply["ip"] not in ("10.0.0.1", "10.0.0.2"), "a host's tunnel address is never a CVM's"
+        # The CVM peers with every host in the answer.
+        topo.start_cvm_wireguard("cvm1", hosts["host-a"]["public_key"], reply["ip"])
+        cvm_if = topo.cvm_if["cvm1"]
+        sh("ip", "netns", "exec", cvm_ns, "wg", "set", cvm_if, "peer", hosts["host-b"]["public_key"], "endpoint",
+           hosts["host-b"]["endpoint"], "allowed-ips", "10.0.0.2/32", "persistent-keepalive", "1")
+        sh("ip", "-n", cvm_ns, "route", "add", "10.0.0.2/32", "dev", cvm_if)
+        with in_netns(cvm_ns):
+            servers.append(peers.Backend(reply["ip"], SERVICE_PORT, "cvm1", tls_cert[0], tls_cert[1], "echo"))
+
+        peers.wait_until(lambda: health(ctl_bin, b).get("cvm1"), 20, "B to see its own handshake with cvm1")
+        peers.wait_until(lambda: health(ctl_bin, a).get("cvm1"), 20, "A to see its own handshake with cvm1")
+        assert through_gateway(a, topo, "app") == "cvm1"
+        with in_netns(gw2):
+            c = TlsClient(b.addr, sni_name("app", SERVICE_PORT), timeout=30)
+            c.connect()
+        try:
+            c.send_hello()
+            c.finish_handshake()
+            assert c.read_banner() == "instance=cvm1", "host B serves the CVM over its own tunnel"
+            assert c.exchange(b"through B").echoed == b"through B"
+        finally:
+            c.close()
+        with in_netns(gw2):
+            assert topo.keys["cvm1"] in sh("wg", "show", b_if, "peers"), "B set the peer A registered"
+
+        ctl_json(ctl_bin, b, "deregister", "--instance", "cvm1")
+        def a_dropped():
+            with in_netns(topo.gw):
+                return topo.keys["cvm1"] not in sh("wg", "show", topo.gw_if, "peers")
+        peers.wait_until(a_dropped, 5, "A to drop the peer B deregistered")
+    finally:
+        for s in servers:
+            s.close()
+        if cluster is not None:
+            cluster.close()
+        if b is not None:
+            b.kill()  # first: a live host would start its wireguard-go again
+        subprocess.run(["pkill", "-f", "^wireguard-go %s$" % b_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", gw2], capture_output=True)
