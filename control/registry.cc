@@ -141,7 +141,7 @@ absl::StatusOr<std::string> FileStore::Read() {
   return ss.str();
 }
 
-absl::Status FileStore::Write(const RegistryChange&, const Registry& after) {
+absl::Status FileStore::Write(std::span<const RegistryChange>, const Registry& after) {
   return WriteFileDurably(path_, after.ToJson());
 }
 
@@ -271,7 +271,7 @@ std::string Registry::ToJson() const {
   return doc.dump(1) + "\n";
 }
 
-absl::Status Registry::Save(const RegistryChange& change) { return store_->Write(change, *this); }
+absl::Status Registry::Save(std::span<const RegistryChange> changes) { return store_->Write(changes, *this); }
 
 void Registry::BackOff(int attempt) {
   thread_local absl::BitGen rng;
@@ -407,7 +407,7 @@ class DocumentStore final : public RegistryStore {
   explicit DocumentStore(std::string text) : text_(std::move(text)) {}
   const std::string& name() const override { return name_; }
   absl::StatusOr<std::string> Read() override { return text_; }
-  absl::Status Write(const RegistryChange&, const Registry&) override {
+  absl::Status Write(std::span<const RegistryChange>, const Registry&) override {
     return absl::InternalError("an imported document is not written");
   }
 
@@ -418,14 +418,44 @@ class DocumentStore final : public RegistryStore {
 
 }  // namespace
 
-absl::StatusOr<Registry::Outcome> Registry::AdoptOnce(const Registration& reg) {
-  if (auto s = CheckNames(reg.app, reg.id); !s.ok()) return s;
-  if (reg.key) {
-    if (auto owner = key_owner_.find(reg.key->ToBase64()); owner != key_owner_.end() && owner->second != reg.id) {
-      return absl::AlreadyExistsError(absl::StrCat("public key already belongs to instance '", owner->second, "'"));
+absl::StatusOr<bool> Registry::ImportBatchOnce(std::span<const Registration> batch, Imported& out) {
+  std::vector<RegistryChange> changes;
+  size_t unchanged = 0;
+  absl::Status s;
+  for (const Registration& reg : batch) {
+    if (auto it = instances_.find(reg.id); it != instances_.end()) {
+      const Registration& here = it->second;
+      if (here.app == reg.app && here.address == reg.address && here.key == reg.key && here.ports == reg.ports) {
+        ++unchanged;
+        continue;
+      }
+      s = absl::AlreadyExistsError(absl::StrCat("instance '", reg.id, "' is registered here otherwise (app ",
+                                                here.app, ", address ", here.address, "): deregister it first"));
+      break;
     }
+    if (s = CheckNames(reg.app, reg.id); !s.ok()) break;
+    if (reg.key) {
+      if (auto owner = key_owner_.find(reg.key->ToBase64()); owner != key_owner_.end()) {
+        s = absl::AlreadyExistsError(absl::StrCat("instance '", reg.id, "': public key already belongs to instance '",
+                                                  owner->second, "'"));
+        break;
+      }
+    }
+    if (s = CheckAddress(reg); !s.ok()) {
+      s = absl::Status(s.code(), absl::StrCat("instance '", reg.id, "': ", s.message()));
+      break;
+    }
+    Link(reg);
+    changes.push_back({std::nullopt, reg, std::nullopt, {}});
   }
-  return Commit(std::nullopt, reg);
+  if (s.ok() && !changes.empty()) s = Save(changes);
+  if (!s.ok()) {
+    for (const RegistryChange& c : changes) Unlink(c.after->id);  // nothing of a failed batch stays
+    return s;
+  }
+  out.added += changes.size();
+  out.unchanged += unchanged;
+  return true;
 }
 
 absl::StatusOr<Registry::Imported> Registry::Import(const std::string& document) {
@@ -439,23 +469,16 @@ absl::StatusOr<Registry::Imported> Registry::Import(const std::string& document)
     if (!changed.ok()) return changed.status();
     out.settings += *changed;
   }
-  for (const auto& [id, reg] : incoming.instances_) {
-    if (auto it = instances_.find(id); it != instances_.end()) {
-      const Registration& here = it->second;
-      if (here.app == reg.app && here.address == reg.address && here.key == reg.key && here.ports == reg.ports) {
-        ++out.unchanged;
-        continue;
-      }
-      return absl::AlreadyExistsError(absl::StrCat("instance '", id, "' is registered here otherwise (app ", here.app,
-                                                   ", address ", here.address, "): deregister it first (",
-                                                   out.added, " instances were added)"));
+  // In batches as large as one write of the store may be: a batch is added whole or not at all.
+  std::vector<Registration> all;
+  for (const auto& [id, reg] : incoming.instances_) all.push_back(reg);
+  const size_t per_write = std::max<size_t>(1, store_->max_changes());
+  for (size_t i = 0; i < all.size(); i += per_write) {
+    std::span<const Registration> batch(all.data() + i, std::min(per_write, all.size() - i));
+    if (auto done = Retried([&] { return ImportBatchOnce(batch, out); }); !done.ok()) {
+      const absl::Status& s = done.status();
+      return absl::Status(s.code(), absl::StrCat(s.message(), " (", out.added, " instances were added)"));
     }
-    if (auto adopted = Retried([&] { return AdoptOnce(reg); }); !adopted.ok()) {
-      const absl::Status& s = adopted.status();
-      return absl::Status(s.code(), absl::StrCat("instance '", id, "': ", s.message(), " (", out.added,
-                                                 " instances were added)"));
-    }
-    ++out.added;
   }
   return out;
 }

@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -62,9 +63,11 @@ class RegistryStore {
   virtual const std::string& name() const = 0;
   // The whole registry as a state-file document; an empty store reads as {"version": 1}.
   virtual absl::StatusOr<std::string> Read() = 0;
-  // Makes `change` durable; `after` is the whole registry with it. Aborted: the store changed
-  // since it was read (another gateway node wrote): read it again and redo the change.
-  virtual absl::Status Write(const RegistryChange& change, const Registry& after) = 0;
+  // Makes `changes` durable, all or none; `after` is the whole registry with them. Aborted: the
+  // store changed since it was read (another gateway node wrote): read it again and redo them.
+  virtual absl::Status Write(std::span<const RegistryChange> changes, const Registry& after) = 0;
+  // How many changes one Write may take (etcd bounds a transaction's operations).
+  virtual size_t max_changes() const { return SIZE_MAX; }
   // A descriptor that polls readable when the store changed from elsewhere (read it again), or -1.
   virtual int changes_fd() const { return -1; }
 };
@@ -75,7 +78,7 @@ class FileStore final : public RegistryStore {
   explicit FileStore(std::string path) : path_(std::move(path)), name_("state file " + path_) {}
   const std::string& name() const override { return name_; }
   absl::StatusOr<std::string> Read() override;
-  absl::Status Write(const RegistryChange& change, const Registry& after) override;
+  absl::Status Write(std::span<const RegistryChange> changes, const Registry& after) override;
 
  private:
   std::string path_;
@@ -150,7 +153,8 @@ class Registry {
   std::string ToJson() const;
 
  private:
-  absl::Status Save(const RegistryChange& change);
+  absl::Status Save(const RegistryChange& change) { return Save(std::span<const RegistryChange>(&change, 1)); }
+  absl::Status Save(std::span<const RegistryChange> changes);
   // Runs `change` (a mutation that validates, applies and saves), and again on what the store holds
   // now each time another gateway node wrote first: after a random pause that grows with each try,
   // so that nodes racing for the registry do not keep colliding; kWriteAttempts at most.
@@ -171,7 +175,9 @@ class Registry {
   absl::StatusOr<Registration> DeregisterOnce(std::string_view id);
   absl::StatusOr<bool> SetAppSettingsOnce(std::string_view app, const AppSettings& settings);
   // Adds `reg` as it is (its address included), by the rules Register follows.
-  absl::StatusOr<Outcome> AdoptOnce(const Registration& reg);
+  // Adds the instances of `batch` not here yet (as they are, addresses included) in one write;
+  // counts into `out` those added and those already here alike. Nothing is added on error.
+  absl::StatusOr<bool> ImportBatchOnce(std::span<const Registration> batch, Imported& out);
   bool IsApp(const std::string& id) const { return app_sizes_.contains(id) || settings_.contains(id); }
   // The shared namespace, for `id` joining `app` (an existing instance of
   // `app` may be registered again).

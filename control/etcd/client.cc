@@ -438,6 +438,9 @@ absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Connect(const EtcdOption
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 2000);
+  // A registry's range is about 100 bytes an instance: gRPC's default 4 MiB cap on an answer would
+  // leave a registry past ~40k instances unreadable.
+  args.SetMaxReceiveMessageSize(-1);
   std::vector<Endpoint> endpoints;
   for (const std::string& url : options.endpoints) {
     bool secure = url.rfind("https://", 0) == 0;

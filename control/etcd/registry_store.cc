@@ -129,21 +129,9 @@ absl::StatusOr<std::string> EtcdStore::Read() {
   return json{{"version", 1}, {"apps", apps}, {"gateways", gateways}}.dump();
 }
 
-absl::Status EtcdStore::Write(const RegistryChange& change, const Registry& after) {
+absl::Status EtcdStore::Write(std::span<const RegistryChange> changes, const Registry& after) {
   std::vector<EtcdCompare> conditions = {EtcdCompare::ModifiedAt(prefix_ + std::string(kSequence), sequence_revision_)};
   std::vector<EtcdOp> ops;
-  if (change.app) {
-    std::string key = prefix_ + std::string(kApps) + *change.app;
-    ops.push_back(change.settings.empty() ? EtcdOp::Delete(key) : EtcdOp::Put(key, SettingsJson(change.settings)));
-  }
-  const std::optional<Registration>& before = change.before;
-  const std::optional<Registration>& next = change.after;
-  if (next) {
-    ops.push_back(EtcdOp::Put(prefix_ + std::string(kInstances) + next->id, InstanceJson(*next)));
-  } else if (before) {
-    ops.push_back(EtcdOp::Delete(prefix_ + std::string(kInstances) + before->id));
-  }
-  // Claims: released when the instance lets go of them, taken (only if free) when it gains them.
   using ClaimOf = std::function<std::optional<std::string>(const std::optional<Registration>&)>;
   ClaimOf address_claim = [&](const std::optional<Registration>& r) -> std::optional<std::string> {
     if (!r || !Claims(*r, after)) return std::nullopt;
@@ -153,14 +141,28 @@ absl::Status EtcdStore::Write(const RegistryChange& change, const Registry& afte
     if (!r || !r->key) return std::nullopt;
     return prefix_ + std::string(kKeyClaims) + r->key->ToBase64();
   };
-  for (const ClaimOf& claim : {address_claim, key_claim}) {
-    std::optional<std::string> held = claim(before);
-    std::optional<std::string> wanted = claim(next);
-    if (held == wanted) continue;
-    if (held) ops.push_back(EtcdOp::Delete(*held));
-    if (wanted) {
-      conditions.push_back(EtcdCompare::Absent(*wanted));
-      ops.push_back(EtcdOp::Put(*wanted, next->id));
+  for (const RegistryChange& change : changes) {
+    if (change.app) {
+      std::string key = prefix_ + std::string(kApps) + *change.app;
+      ops.push_back(change.settings.empty() ? EtcdOp::Delete(key) : EtcdOp::Put(key, SettingsJson(change.settings)));
+    }
+    const std::optional<Registration>& before = change.before;
+    const std::optional<Registration>& next = change.after;
+    if (next) {
+      ops.push_back(EtcdOp::Put(prefix_ + std::string(kInstances) + next->id, InstanceJson(*next)));
+    } else if (before) {
+      ops.push_back(EtcdOp::Delete(prefix_ + std::string(kInstances) + before->id));
+    }
+    // Claims: released when the instance lets go of them, taken (only if free) when it gains them.
+    for (const ClaimOf& claim : {address_claim, key_claim}) {
+      std::optional<std::string> held = claim(before);
+      std::optional<std::string> wanted = claim(next);
+      if (held == wanted) continue;
+      if (held) ops.push_back(EtcdOp::Delete(*held));
+      if (wanted) {
+        conditions.push_back(EtcdCompare::Absent(*wanted));
+        ops.push_back(EtcdOp::Put(*wanted, next->id));
+      }
     }
   }
   ops.push_back(EtcdOp::Put(prefix_ + std::string(kSequence), ""));

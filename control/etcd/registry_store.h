@@ -36,7 +36,9 @@ class EtcdStore final : public RegistryStore {
 
   const std::string& name() const override { return name_; }
   absl::StatusOr<std::string> Read() override;
-  absl::Status Write(const RegistryChange& change, const Registry& after) override;
+  absl::Status Write(std::span<const RegistryChange> changes, const Registry& after) override;
+  // etcd takes 128 operations in a transaction: a change is up to three (instance, two claims).
+  size_t max_changes() const override { return 40; }
   int changes_fd() const override { return changes_.get(); }
 
   // Starts the watch thread (from the revision the last Read saw).

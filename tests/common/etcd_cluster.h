@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <gtest/gtest.h>
+
 #include "control/etcd/client.h"
 #include "dataplane/fd.h"
 
@@ -145,6 +147,20 @@ class EtcdCluster {
   static inline int counter_ = 0;
   std::filesystem::path dir_;
   std::vector<Member> members_;
+};
+
+// A test suite that shares one 3-member cluster, started before its first test.
+class WithEtcdCluster : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new EtcdCluster(3);
+    ASSERT_TRUE(cluster_->WaitReady()) << "the etcd cluster did not come up";
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+  static inline EtcdCluster* cluster_ = nullptr;
 };
 
 }  // namespace cvmgate::testing

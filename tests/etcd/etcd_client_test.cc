@@ -11,16 +11,8 @@
 namespace cvmgate {
 namespace {
 
-class EtcdClientTest : public ::testing::Test {
+class EtcdClientTest : public testing::WithEtcdCluster {
  protected:
-  static void SetUpTestSuite() {
-    cluster_ = new testing::EtcdCluster(3);
-    ASSERT_TRUE(cluster_->WaitReady()) << "the etcd cluster did not come up";
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
   void SetUp() override {
     if (cluster_ == nullptr) GTEST_SKIP() << "no etcd cluster";
     client_ = Client(cluster_->ClientUrls());
@@ -41,10 +33,8 @@ class EtcdClientTest : public ::testing::Test {
     return std::string("/t/") + info->name() + "/";
   }
 
-  static testing::EtcdCluster* cluster_;
   std::unique_ptr<EtcdClient> client_;
 };
-testing::EtcdCluster* EtcdClientTest::cluster_ = nullptr;
 
 TEST(EtcdEndpoints, ParsesAndRefuses) {
   auto ok = ParseEtcdEndpoints("http://10.0.0.1:2379, https://etcd-2.example:2379/");
@@ -166,6 +156,16 @@ TEST_F(EtcdClientTest, LeasedKeysGoWithTheirLease) {
   ASSERT_TRUE(client_->RevokeLease(lease->first).ok());
   EXPECT_FALSE(client_->Get(k)->has_value()) << "the key went with its lease";
   EXPECT_EQ(client_->KeepAlive(lease->first).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(EtcdClientTest, ReadsARangeLargerThanGrpcsDefaultCap) {
+  // A registry of ~50k instances answers a range of 5 MB: more than gRPC's default 4 MiB answer.
+  const std::string p = Prefix();
+  const std::string value(1 << 20, 'x');
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(client_->Put(p + std::to_string(i), value).ok());
+  auto all = client_->GetPrefix(p);
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->kvs.size(), 5u);
 }
 
 TEST_F(EtcdClientTest, ListsTheMembers) {

@@ -23,16 +23,8 @@ std::string Key(uint32_t n, uint8_t node) {
   return k.ToBase64();
 }
 
-class RegistryEtcdTest : public ::testing::Test {
+class RegistryEtcdTest : public testing::WithEtcdCluster {
  protected:
-  static void SetUpTestSuite() {
-    cluster_ = new testing::EtcdCluster(3);
-    ASSERT_TRUE(cluster_->WaitReady()) << "the etcd cluster did not come up";
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
 
   // A gateway node's registry on this test's own prefix.
   std::unique_ptr<Registry> Node(absl::Duration timeout = absl::Seconds(2)) {
@@ -65,10 +57,7 @@ class RegistryEtcdTest : public ::testing::Test {
     o.endpoints = cluster_->ClientUrls();
     return *EtcdClient::Connect(o);
   }
-
-  static testing::EtcdCluster* cluster_;
 };
-testing::EtcdCluster* RegistryEtcdTest::cluster_ = nullptr;
 
 TEST_F(RegistryEtcdTest, ARegistrationOnOneNodeReachesTheOther) {
   auto a = Node();

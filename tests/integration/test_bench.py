@@ -36,3 +36,11 @@ def test_terminate_harness(cvmgate_bin):
     for row in ("| unpinned | upload | cvmgate |", "| unpinned | hs-tls13 | cvmgate |"):
         assert row in out, out
     assert "FAILED" not in out and "No errors" in out, out
+
+
+def test_registry_etcd_harness(cvmgate_bin):
+    out = harness(REPO / "bench" / "registry_etcd.py", "--cvmgate", cvmgate_bin, "--registrations", "8",
+                  "--samples", "4", "--instances", "20")
+    for row in ("| registrations/s through one host, 4 clients |", "| register on A -> routable on B, p50",
+                "| import of 20 instances through A |", "| B routes them all, after the import ended |"):
+        assert row in out, out
