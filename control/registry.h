@@ -135,9 +135,10 @@ class Registry {
 
   // Adds what a state-file document holds (cvmgatectl import: a registry moved between the state
   // file and etcd). The document is checked whole by the registry's rules first; then each app's
-  // settings and each instance, with its address, is written as one change. An instance already
-  // here as it is in the document is left alone; one that differs is an error (nothing after it
-  // is added), so an import can be run again after a failure.
+  // settings are written, and the instances with their addresses, as many a write as the store
+  // takes (each write all or none). An instance already here as it is in the document is left
+  // alone; one that differs stops the import (what earlier writes added stays), so an import can
+  // be run again once it is fixed.
   struct Imported {
     size_t added = 0;
     size_t unchanged = 0;
