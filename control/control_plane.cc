@@ -381,7 +381,8 @@ HttpResponse ControlPlane::Import(const HttpRequest& req) {
 
 HttpResponse ControlPlane::Nodes() {
   if (options_.node_name.empty()) {
-    return Error(absl::FailedPreconditionError("one gateway host: its registry is not shared (--registry file)"));
+    return Error(absl::NotFoundError(
+        "no gateway cluster: this host keeps its registry in its state file (--registry etcd:... shares one)"));
   }
   return Json(200, {{"node", options_.node_name}, {"nodes", GatewaysJson(registry_)}});
 }

@@ -101,7 +101,7 @@ TEST_F(ControlPlaneTest, WithSeveralGatewayHostsRegisterListsEachAndSkipsTheirAd
   EXPECT_EQ(r["gateways"][1]["name"], "gw-b");
   EXPECT_EQ(r["gateways"][1]["endpoint"], "b.example:51820");
   EXPECT_EQ(r["gateways"][1]["tunnel_address"], "10.0.0.2");
-  Call("GET", "/v1/nodes", nullptr, {}, 503);  // this test's host was not given a node name
+  Call("GET", "/v1/nodes", nullptr, {}, 404);  // this test's host was not given a node name
 }
 
 TEST_F(ControlPlaneTest, HealthFollowsTheLatestHandshake) {
