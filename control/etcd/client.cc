@@ -5,15 +5,14 @@
 
 #include <condition_variable>
 #include <deque>
-#include <fstream>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_split.h>
 #include <absl/strings/strip.h>
 
+#include "control/durable_file.h"
 #include "control/etcd/rpc.grpc.pb.h"
 #include "dataplane/strings.h"
 
@@ -28,12 +27,11 @@ absl::Status FromGrpc(const grpc::Status& s, std::string_view what, std::string_
                       absl::StrCat("etcd ", AbslView(endpoint), ": ", AbslView(what), ": ", s.error_message()));
 }
 
+// A PEM file for etcd's TLS (ReadSmallFile's error prefixed with what it is for).
 absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view what) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("etcd ", AbslView(what), " ", path, ": cannot read it"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  auto pem = ReadSmallFile(path);
+  if (!pem.ok()) return absl::NotFoundError(absl::StrCat("etcd ", AbslView(what), ": ", pem.status().message()));
+  return pem;
 }
 
 EtcdKeyValue FromPb(const mvccpb::KeyValue& kv) {

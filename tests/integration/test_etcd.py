@@ -50,6 +50,23 @@ def verdict(ctl_bin, gw, name):
     return [l for l in ctl(ctl_bin, gw, "explain", name).splitlines() if l.startswith("verdict:")][0]
 
 
+def relay_through(gw, backends, size):
+    """The instance a relayed echo of `size` random bytes through `gw` reached."""
+    c, inst = open_relay(gw, backends)
+    payload = os.urandom(size)
+    assert_echo(c.exchange(payload), payload)
+    c.close()
+    return inst
+
+
+def try_register(ctl_bin, gw, instance, address):
+    """cvmgatectl register's output when it succeeded, else None (for polling until it does)."""
+    p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock"), "register", "--app",
+                        "app", "--instance", instance, "--address", address, "--ports", peers.TEST_PORTS],
+                       capture_output=True, text=True, timeout=30)
+    return p.stdout if p.returncode == 0 else None
+
+
 def register(ctl_bin, gw, instance, address, expect=0):
     return ctl(ctl_bin, gw, "register", "--app", "app", "--instance", instance, "--address", address,
                "--ports", peers.TEST_PORTS, expect=expect)
@@ -63,11 +80,7 @@ def test_registered_through_one_node_routed_by_the_other(ctl_bin, two_nodes, bac
     started = time.monotonic()
     peers.wait_until(lambda: "passthrough" in verdict(ctl_bin, b, name), 5, "node B to route app")
     assert time.monotonic() - started < 1.0, "B routes what A registered within a second"
-    c, inst = open_relay(b, backends)
-    payload = os.urandom(64 << 10)
-    assert_echo(c.exchange(payload), payload)
-    c.close()
-    assert inst == "app-i1"
+    assert relay_through(b, backends, 64 << 10) == "app-i1"
     listed = ctl(ctl_bin, b, "list")
     assert "app-i1" in listed and "127.0.0.2" in listed, listed
 
@@ -88,17 +101,14 @@ def test_without_quorum_registrations_get_503_and_traffic_flows(ctl_bin, two_nod
         assert "(HTTP 503)" in out and "etcd" in out, out
         assert time.monotonic() - started < 10, "a registration fails within its deadline"
         # The data plane serves the routes it has.
-        c, inst = open_relay(b, backends)
-        payload = os.urandom(16 << 10)
-        assert_echo(c.exchange(payload), payload)
-        c.close()
-        assert inst == "app-i1"
+        assert relay_through(b, backends, 16 << 10) == "app-i1"
     finally:
         etcd.start(1)
         etcd.start(2)
         etcd.wait_ready()
-    peers.wait_until(lambda: "registered" in register(ctl_bin, a, "app-i2", "127.0.0.3"), 15,
-                     "registrations to work again")
+    out = peers.wait_until(lambda: try_register(ctl_bin, a, "app-i2", "127.0.0.3"), 15,
+                           "registrations to work again")
+    assert "registered" in out, out
     peers.wait_until(lambda: "2 healthy instances" in verdict(ctl_bin, b, name), 10, "node B to converge")
 
 
