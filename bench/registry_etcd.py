@@ -46,6 +46,7 @@ class UnixHttp(http.client.HTTPConnection):
 
 class Host:
     def __init__(self, cvmgate, name, work, endpoints, prefix):
+        self.name = name
         self.dir = os.path.join(work, name)
         os.makedirs(self.dir)
         self.sock = os.path.join(self.dir, "admin.sock")
@@ -112,11 +113,29 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def routable_on_b(a, b, tag, samples, results, suffix):
+    """From a registration's answer on A until B's explain says passthrough (B polled back to back)."""
+    delays = []
+    for i in range(samples):
+        app = "%s%d" % (tag, i)
+        a.register(app, address(i))
+        t0 = time.monotonic()
+        while not b.routes(app):
+            if time.monotonic() - t0 > 30:
+                raise RuntimeError("B never routed " + app)
+        delays.append((time.monotonic() - t0) * 1000)
+    results["routable_on_b_ms_p50" + suffix] = statistics.median(delays)
+    results["routable_on_b_ms_p99" + suffix] = percentile(delays, 99)
+    results["routable_on_b_ms_max" + suffix] = max(delays)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--registrations", type=int, default=1000)
     ap.add_argument("--samples", type=int, default=200, help="register-to-routable measurements")
     ap.add_argument("--instances", type=int, default=10000, help="instances in the imported state file")
+    ap.add_argument("--large-samples", type=int, default=50,
+                    help="measurements (and registrations per host) once the import is in")
     ap.add_argument("--cvmgate", default=str(ROOT / "build" / "tools" / "cvmgate"))
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -144,19 +163,7 @@ def main():
                 t.join(600)
             results["registrations_per_s_%d_clients" % clients] = per * clients / (time.monotonic() - start)
 
-        # Register on A -> routable on B.
-        delays = []
-        for i in range(args.samples):
-            app = "p%d" % i
-            a.register(app, address(i))
-            t0 = time.monotonic()
-            while not b.routes(app):
-                if time.monotonic() - t0 > 10:
-                    raise RuntimeError("B never routed " + app)
-            delays.append((time.monotonic() - t0) * 1000)
-        results["routable_on_b_ms_p50"] = statistics.median(delays)
-        results["routable_on_b_ms_p99"] = percentile(delays, 99)
-        results["routable_on_b_ms_max"] = max(delays)
+        routable_on_b(a, b, "p", args.samples, results, "")
 
         # A state file of N instances imported through A.
         doc = {"version": 1, "apps": {"bulk": {"instances": [
@@ -184,6 +191,19 @@ def main():
             "b_rss_mib_after": b.rss_mib(),
             "b_snapshot_publishes": b.metric("cvmgate_snapshot_publishes_total") - publishes_before,
         })
+
+        # With the registry that large: register on A -> routable on B, and both hosts registering at
+        # once (each one's writes are the other's foreign changes, and they race for the registry).
+        routable_on_b(a, b, "q", args.large_samples, results, "_large")
+        per = args.large_samples
+        start = time.monotonic()
+        threads = [threading.Thread(target=lambda h=h: [h.register("s%s-%d" % (h.name, i), address(i))
+                                                         for i in range(per)]) for h in hosts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        results["registrations_per_s_large_both_hosts"] = per * 2 / (time.monotonic() - start)
     finally:
         for h in hosts:
             h.stop()
@@ -209,6 +229,11 @@ def main():
     print("| B routes them all, after the import ended | %.1f s |" % r["b_converged_after_import_s"])
     print("| B's snapshot publishes during the import | %d |" % r["b_snapshot_publishes"])
     print("| B's RSS before / after | %.0f / %.0f MiB |" % (r["b_rss_mib_before"], r["b_rss_mib_after"]))
+    print("| with %d instances: register on A -> routable on B, p50 / p99 / max | %.1f / %.1f / %.1f ms |" % (
+        r["import_instances"], r["routable_on_b_ms_p50_large"], r["routable_on_b_ms_p99_large"],
+        r["routable_on_b_ms_max_large"]))
+    print("| with %d instances: registrations/s, A and B registering at once | %.0f |" % (
+        r["import_instances"], r["registrations_per_s_large_both_hosts"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

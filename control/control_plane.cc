@@ -103,6 +103,7 @@ ControlPlane::ControlPlane(ControlOptions options, Registry& registry, SnapshotD
       worker_metrics_(std::move(worker_metrics)),
       tickets_rotated_(clock.Now()),
       host_addresses_(HostAddresses()) {
+  catch_ups_seen_ = registry_.catch_ups();
   SyncPeers();
 }
 
@@ -215,7 +216,10 @@ absl::Status ControlPlane::Reload() {
 }
 
 absl::Status ControlPlane::RegistryChanged() {
-  if (auto s = registry_.Load(); !s.ok()) return s;
+  // Also what a write that had to be redone took in meanwhile.
+  if (auto changed = registry_.CatchUp(); !changed.ok()) return changed.status();
+  if (registry_.catch_ups() == catch_ups_seen_) return absl::OkStatus();
+  catch_ups_seen_ = registry_.catch_ups();
   ++registry_version_;
   SyncPeers();
   return Poll();

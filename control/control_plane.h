@@ -66,8 +66,8 @@ class ControlPlane {
   // Reloads the state file and the certificates (SIGHUP); on any error all of
   // the old state stays in force.
   absl::Status Reload();
-  // The registry's store changed from elsewhere (another gateway node wrote to etcd): reads it again
-  // and publishes the routes. On error the routes in force stay.
+  // The registry's store changed from elsewhere (another gateway node wrote to etcd): takes in the
+  // changes and publishes the routes. On error the routes in force stay.
   absl::Status RegistryChanged();
 
   HttpResponse Handle(const HttpRequest& request);
@@ -110,6 +110,7 @@ class ControlPlane {
   std::vector<bool> published_health_;
   bool published_once_ = false;
   uint64_t registry_version_ = 0;
+  uint64_t catch_ups_seen_ = 0;  // registry_.catch_ups() as last published
   uint64_t published_version_ = UINT64_MAX;
   uint64_t publishes_ = 0;
   size_t healthy_count_ = 0;

@@ -17,6 +17,7 @@
 
 #include "control/durable_file.h"
 #include "dataplane/host_name.h"
+#include "dataplane/log.h"
 #include "dataplane/strings.h"
 #include <nlohmann/json.hpp>
 
@@ -45,6 +46,70 @@ absl::Status NamespaceError(std::string_view what) {
   return absl::AlreadyExistsError(
       absl::StrCat(AbslView(what), ": an id names one app or one instance, never both (<id>.<base-domain> must "
                                    "mean one thing)"));
+}
+
+// An app's settings as the document holds them, in the app's object (other fields are not settings).
+absl::StatusOr<AppSettings> ParseSettings(const std::string& app_id, const nlohmann::json& app) {
+  AppSettings s;
+  if (app.contains("proxy_protocol")) {
+    if (!app["proxy_protocol"].is_boolean()) {
+      return absl::InvalidArgumentError(absl::StrCat("app '", app_id, "': 'proxy_protocol' must be true or false"));
+    }
+    s.proxy_protocol = app["proxy_protocol"].get<bool>();
+  }
+  if (app.contains("max_connections")) {
+    const auto& m = app["max_connections"];
+    if (!m.is_number_integer() || m.get<int64_t>() < 1 || m.get<int64_t>() > kMaxAppConnectionsLimit) {
+      return absl::InvalidArgumentError(absl::StrCat("app '", app_id, "': 'max_connections' must be an integer in [1, ",
+                                                     kMaxAppConnectionsLimit, "]"));
+    }
+    s.max_connections = m.get<int32_t>();
+  }
+  return s;
+}
+
+// One instance of `app_id` as the document holds it, checked on its own: the rules between
+// instances (unique ids, keys and tunnel addresses, the namespace) are the registry's.
+absl::StatusOr<Registration> ParseInstance(const std::string& app_id, const nlohmann::json& entry) {
+  if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_string() || !entry.contains("address") ||
+      !entry["address"].is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("app '", app_id, "': each instance needs string fields 'id' and 'address'"));
+  }
+  Registration reg;
+  reg.app = app_id;
+  auto id = ValidId("instance id", entry["id"].get<std::string>());
+  if (!id.ok()) return id.status();
+  reg.id = *id;
+  auto where = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("instance '", reg.id, "': ", why));
+  };
+  reg.address = entry["address"].get<std::string>();
+  if (entry.contains("public_key")) {
+    if (!entry["public_key"].is_string()) return where("bad public_key");
+    auto key = WgKey::FromBase64(entry["public_key"].get<std::string>());
+    if (!key.ok()) return where(key.status().message());
+    if (entry.contains("ports")) return where("a CVM serves every port of its own: 'ports' is for static instances");
+    reg.key = *key;
+    if (auto ip = Ipv4(reg.address)) reg.address = IpText(*ip);
+    return reg;
+  }
+  auto address = CanonicalStaticAddress(reg.address);
+  if (!address.ok()) return where(address.status().message());
+  reg.address = *address;
+  if (!entry.contains("ports") || !entry["ports"].is_string()) {
+    return where("a static instance names the ports it serves (\"ports\": \"8080,8443\")");
+  }
+  auto ports = PortSet::Parse(entry["ports"].get<std::string>());
+  if (!ports.ok()) return where(ports.status().message());
+  reg.ports = *std::move(ports);
+  return reg;
+}
+
+absl::StatusOr<GatewayNode> ParseGateway(const std::string& name, const nlohmann::json& g) {
+  if (!g.is_object()) return absl::InvalidArgumentError(absl::StrCat("gateway '", name, "' must be an object"));
+  auto field = [&](const char* f) { return g.contains(f) && g[f].is_string() ? g[f].get<std::string>() : ""; };
+  return GatewayNode{name, field("public_key"), field("endpoint"), field("tunnel_address")};
 }
 
 }  // namespace
@@ -165,14 +230,10 @@ absl::Status Registry::Load() {
   if (doc.contains("gateways")) {
     if (!doc["gateways"].is_object()) return fail("'gateways' must be an object");
     for (auto& [name, g] : doc["gateways"].items()) {
-      if (!g.is_object()) return fail(absl::StrCat("gateway '", name, "' must be an object"));
-      GatewayNode node{name, g.value("public_key", ""), g.value("endpoint", ""), g.value("tunnel_address", "")};
-      if (auto ip = Ipv4(node.tunnel_address); ip && fresh.pool_.Contains(*ip) && ip->s_addr != fresh.pool_.gateway().s_addr) {
-        if (auto s = fresh.pool_.Reserve(*ip); !s.ok()) {
-          return fail(absl::StrCat("gateway '", name, "': tunnel address ", node.tunnel_address, ": ", s.message()));
-        }
-      }
-      fresh.gateways_[name] = std::move(node);
+      auto node = ParseGateway(name, g);
+      if (!node.ok()) return fail(node.status().message());
+      if (auto s = fresh.ReserveGateway(*node); !s.ok()) return fail(s.message());
+      fresh.gateways_[name] = *std::move(node);
     }
   }
   if (doc.contains("apps")) {
@@ -184,59 +245,22 @@ absl::Status Registry::Load() {
       if (!app.is_object() || (app.contains("instances") && !app["instances"].is_array())) {
         return fail(absl::StrCat("app '", *app_id, "': 'instances' must be an array"));
       }
-      AppSettings s;
-      if (app.contains("proxy_protocol")) {
-        if (!app["proxy_protocol"].is_boolean()) {
-          return fail(absl::StrCat("app '", *app_id, "': 'proxy_protocol' must be true or false"));
-        }
-        s.proxy_protocol = app["proxy_protocol"].get<bool>();
-      }
-      if (app.contains("max_connections")) {
-        const auto& m = app["max_connections"];
-        if (!m.is_number_integer() || m.get<int64_t>() < 1 || m.get<int64_t>() > kMaxAppConnectionsLimit) {
-          return fail(absl::StrCat("app '", *app_id, "': 'max_connections' must be an integer in [1, ",
-                                   kMaxAppConnectionsLimit, "]"));
-        }
-        s.max_connections = m.get<int32_t>();
-      }
-      if (!s.empty()) fresh.settings_[*app_id] = s;
+      auto settings = ParseSettings(*app_id, app);
+      if (!settings.ok()) return fail(settings.status().message());
+      if (!settings->empty()) fresh.settings_[*app_id] = *settings;
       if (!app.contains("instances")) continue;
       for (auto& entry : app["instances"]) {
-        if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_string() || !entry.contains("address") ||
-            !entry["address"].is_string()) {
-          return fail(absl::StrCat("app '", *app_id, "': each instance needs string fields 'id' and 'address'"));
-        }
-        Registration reg;
-        reg.app = *app_id;
-        auto id = ValidId("instance id", entry["id"].get<std::string>());
-        if (!id.ok()) return fail(id.status().message());
-        reg.id = *id;
-        auto where = [&](absl::string_view why) { return fail(absl::StrCat("instance '", reg.id, "': ", why)); };
-        if (fresh.instances_.contains(reg.id)) return where("appears twice");
-        reg.address = entry["address"].get<std::string>();
-        if (entry.contains("public_key")) {
-          if (!entry["public_key"].is_string()) return where("bad public_key");
-          auto key = WgKey::FromBase64(entry["public_key"].get<std::string>());
-          if (!key.ok()) return where(key.status().message());
-          if (auto owner = fresh.key_owner_.find(key->ToBase64()); owner != fresh.key_owner_.end()) {
+        auto reg = ParseInstance(*app_id, entry);
+        if (!reg.ok()) return fail(reg.status().message());
+        auto where = [&](absl::string_view why) { return fail(absl::StrCat("instance '", reg->id, "': ", why)); };
+        if (fresh.instances_.contains(reg->id)) return where("appears twice");
+        if (reg->key) {
+          if (auto owner = fresh.key_owner_.find(reg->key->ToBase64()); owner != fresh.key_owner_.end()) {
             return where(absl::StrCat("public key used by instance '", owner->second, "' too"));
           }
-          if (entry.contains("ports")) return where("a CVM serves every port of its own: 'ports' is for static instances");
-          reg.key = *key;
-          if (auto ip = Ipv4(reg.address)) reg.address = IpText(*ip);
-        } else {
-          auto address = CanonicalStaticAddress(reg.address);
-          if (!address.ok()) return where(address.status().message());
-          reg.address = *address;
-          if (!entry.contains("ports") || !entry["ports"].is_string()) {
-            return where("a static instance names the ports it serves (\"ports\": \"8080,8443\")");
-          }
-          auto ports = PortSet::Parse(entry["ports"].get<std::string>());
-          if (!ports.ok()) return where(ports.status().message());
-          reg.ports = *std::move(ports);
         }
-        if (auto s = fresh.CheckAddress(reg); !s.ok()) return where(s.message());
-        fresh.Link(reg);
+        if (auto s = fresh.CheckAddress(*reg); !s.ok()) return where(s.message());
+        fresh.Link(*reg);
       }
     }
   }
@@ -250,6 +274,166 @@ absl::Status Registry::Load() {
   app_sizes_ = std::move(fresh.app_sizes_);
   key_owner_ = std::move(fresh.key_owner_);
   gateways_ = std::move(fresh.gateways_);
+  ++catch_ups_;
+  return absl::OkStatus();
+}
+
+absl::Status Registry::ReserveGateway(const GatewayNode& node) {
+  auto ip = Ipv4(node.tunnel_address);
+  if (!ip || !pool_.Contains(*ip) || ip->s_addr == pool_.gateway().s_addr) return absl::OkStatus();
+  if (absl::Status s = pool_.Reserve(*ip); !s.ok()) {
+    return absl::Status(s.code(),
+                        absl::StrCat("gateway '", node.name, "': tunnel address ", node.tunnel_address, ": ", s.message()));
+  }
+  return absl::OkStatus();
+}
+
+void Registry::ReleaseGateway(const GatewayNode& node) {
+  auto ip = Ipv4(node.tunnel_address);
+  if (ip && pool_.Contains(*ip) && ip->s_addr != pool_.gateway().s_addr) pool_.Release(*ip);
+}
+
+absl::StatusOr<bool> Registry::CatchUp() {
+  RegistryUpdate update = store_->TakeUpdate();
+  if (update.empty()) return false;
+  if (!update.resync) {
+    absl::Status s = Apply(update);
+    if (s.ok()) {
+      ++catch_ups_;
+      return true;
+    }
+    Log("registry: ", store_->name(), ": ", s.message(), "; reading it whole");
+  }
+  if (absl::Status s = Load(); !s.ok()) return s;
+  return true;
+}
+
+absl::Status Registry::Apply(const RegistryUpdate& update) {
+  // Everything is parsed first: a malformed value changes nothing.
+  std::vector<std::pair<std::string, std::optional<Registration>>> instances;
+  for (const auto& [id, text] : update.instances) {
+    if (!text) {
+      instances.emplace_back(id, std::nullopt);
+      continue;
+    }
+    nlohmann::json v = nlohmann::json::parse(*text, nullptr, false);
+    if (v.is_discarded() || !v.is_object() || !v.contains("app") || !v["app"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("instance '", id, "' is not {\"app\": ..., \"address\": ...}"));
+    }
+    auto app = ValidId("app id", v["app"].get<std::string>());
+    if (!app.ok()) return app.status();
+    v.erase("app");
+    v["id"] = id;
+    auto reg = ParseInstance(*app, v);
+    if (!reg.ok()) return reg.status();
+    if (reg->id != id) return absl::InvalidArgumentError(absl::StrCat("instance key '", id, "' is not an id"));
+    instances.emplace_back(id, *std::move(reg));
+  }
+  std::vector<std::pair<std::string, AppSettings>> settings;
+  for (const auto& [raw_app, text] : update.apps) {
+    auto app = ValidId("app id", raw_app);
+    if (!app.ok()) return app.status();
+    AppSettings parsed;
+    if (text) {
+      nlohmann::json v = nlohmann::json::parse(*text, nullptr, false);
+      if (v.is_discarded() || !v.is_object()) {
+        return absl::InvalidArgumentError(absl::StrCat("app '", *app, "': settings are not a JSON object"));
+      }
+      auto s = ParseSettings(*app, v);
+      if (!s.ok()) return s.status();
+      parsed = *s;
+    }
+    settings.emplace_back(*app, parsed);
+  }
+  std::vector<std::pair<std::string, std::optional<GatewayNode>>> gateways;
+  for (const auto& [name, text] : update.gateways) {
+    std::optional<GatewayNode> node;
+    if (text) {
+      auto parsed = ParseGateway(name, nlohmann::json::parse(*text, nullptr, false));
+      if (!parsed.ok()) return parsed.status();
+      node = *std::move(parsed);
+    }
+    gateways.emplace_back(name, std::move(node));
+  }
+
+  // Then applied: first what goes (the old values of all that changed), then what comes, so a value
+  // moving from one key to another within the update finds its place free. What was done is kept
+  // to undo it all on a conflict with what is here.
+  std::vector<Registration> unlinked;
+  std::vector<std::string> linked;
+  std::vector<GatewayNode> released;
+  std::vector<GatewayNode> reserved;
+  std::map<std::string, AppSettings> settings_before;
+  auto undo = [&](absl::Status why) {
+    for (const std::string& id : linked) Unlink(id);
+    for (const GatewayNode& g : reserved) {
+      ReleaseGateway(g);
+      gateways_.erase(g.name);
+    }
+    for (const GatewayNode& g : released) {
+      (void)ReserveGateway(g);
+      gateways_[g.name] = g;
+    }
+    for (const Registration& reg : unlinked) Link(reg);
+    for (const auto& [app, s] : settings_before) {
+      if (s.empty()) {
+        settings_.erase(app);
+      } else {
+        settings_[app] = s;
+      }
+    }
+    return why;
+  };
+  for (const auto& [id, reg] : instances) {
+    if (auto it = instances_.find(id); it != instances_.end()) {
+      unlinked.push_back(it->second);
+      Unlink(id);
+    }
+  }
+  for (const auto& [name, node] : gateways) {
+    if (auto it = gateways_.find(name); it != gateways_.end()) {
+      released.push_back(it->second);
+      ReleaseGateway(it->second);
+      gateways_.erase(it);
+    }
+  }
+  for (const auto& [name, node] : gateways) {
+    if (!node) continue;
+    if (absl::Status s = ReserveGateway(*node); !s.ok()) return undo(s);
+    reserved.push_back(*node);
+    gateways_[name] = *node;
+  }
+  for (const auto& [app, s] : settings) {
+    settings_before.emplace(app, app_settings(app));
+    if (s.empty()) {
+      settings_.erase(app);
+    } else {
+      settings_[app] = s;
+    }
+  }
+  for (const auto& [id, reg] : instances) {
+    if (!reg) continue;
+    if (reg->key) {
+      if (auto owner = key_owner_.find(reg->key->ToBase64()); owner != key_owner_.end()) {
+        return undo(absl::AlreadyExistsError(
+            absl::StrCat("instance '", id, "': public key used by instance '", owner->second, "' too")));
+      }
+    }
+    if (absl::Status s = CheckAddress(*reg); !s.ok()) {
+      return undo(absl::Status(s.code(), absl::StrCat("instance '", id, "': ", s.message())));
+    }
+    Link(*reg);
+    linked.push_back(id);
+  }
+  // The namespace, where the update touched it.
+  for (const std::string& id : linked) {
+    if (absl::Status s = CheckNames(instances_.at(id).app, id); !s.ok()) return undo(s);
+  }
+  for (const auto& [app, s] : settings) {
+    if (auto it = instances_.find(app); it != instances_.end() && !s.empty()) {
+      return undo(NamespaceError(absl::StrCat("app id '", app, "' is the id of an instance of app '", it->second.app, "'")));
+    }
+  }
   return absl::OkStatus();
 }
 

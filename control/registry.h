@@ -54,6 +54,18 @@ struct RegistryChange {
   AppSettings settings;  // with `app`: its settings now (empty: none)
 };
 
+// What another gateway host changed in a shared store since this host last read it, as the store's
+// watch saw it: each instance, app and gateway host touched, as it is now (nullopt: gone), in the
+// JSON the store keeps it in. `resync`: the store lost track of what changed (its history was
+// compacted, or it cannot tell): the registry reads it whole.
+struct RegistryUpdate {
+  bool resync = false;
+  std::map<std::string, std::optional<std::string>> instances;  // id -> {"app": A, "address": IP, ...}
+  std::map<std::string, std::optional<std::string>> apps;       // app -> its settings {"max_connections": N}
+  std::map<std::string, std::optional<std::string>> gateways;   // name -> {"public_key", "endpoint", ...}
+  bool empty() const { return !resync && instances.empty() && apps.empty() && gateways.empty(); }
+};
+
 // Where the registry is kept: the state file (one gateway host) or etcd (several). A store reads
 // and writes the state file's document shape, so one set of rules validates both.
 class RegistryStore {
@@ -68,8 +80,14 @@ class RegistryStore {
   virtual absl::Status Write(std::span<const RegistryChange> changes, const Registry& after) = 0;
   // How many changes one Write may take (etcd bounds a transaction's operations).
   virtual size_t max_changes() const { return SIZE_MAX; }
-  // A descriptor that polls readable when the store changed from elsewhere (read it again), or -1.
+  // A descriptor that polls readable when the store changed from elsewhere (Registry::CatchUp), or -1.
   virtual int changes_fd() const { return -1; }
+  // What changed from elsewhere since the last Read or TakeUpdate.
+  virtual RegistryUpdate TakeUpdate() {
+    RegistryUpdate whole;
+    whole.resync = true;
+    return whole;
+  }
 };
 
 // The state file, replaced crash-safely on every write (durable_file.h).
@@ -108,6 +126,13 @@ class Registry {
   // Replaces the registry with the store's contents (a missing state file is
   // empty). On error the registry is unchanged and the error names the store.
   absl::Status Load();
+  // Takes in what other gateway hosts changed in the store (RegistryUpdate): only what they touched,
+  // checked by the same rules as Load, all or nothing; the whole store is read again when the store
+  // lost track or the changes do not fit (then as Load). Returns whether anything changed.
+  absl::StatusOr<bool> CatchUp();
+  // How many times the registry took in the store's changes from elsewhere (Load or CatchUp; a
+  // write that had to be redone catches up too): a caller that saw another count publishes again.
+  uint64_t catch_ups() const { return catch_ups_; }
 
   struct Outcome {
     Registration reg;
@@ -159,15 +184,24 @@ class Registry {
   // Runs `change` (a mutation that validates, applies and saves), and again on what the store holds
   // now each time another gateway node wrote first: after a random pause that grows with each try,
   // so that nodes racing for the registry do not keep colliding; kWriteAttempts at most.
+  // Catching up takes in what the other node's write was as soon as the watch brought it; the whole
+  // store is read again every kReadWholeEvery tries, should the watch lag behind.
   template <typename Change>
   auto Retried(Change&& change) -> decltype(change()) {
     for (int attempt = 1;; ++attempt) {
       auto result = change();
       if (result.ok() || !absl::IsAborted(result.status()) || attempt == kWriteAttempts) return result;
       BackOff(attempt);
-      if (absl::Status s = Load(); !s.ok()) return s;
+      absl::Status s = attempt % kReadWholeEvery == 0 ? Load() : CatchUp().status();
+      if (!s.ok()) return s;
     }
   }
+  static constexpr int kReadWholeEvery = 4;
+  // Applies `update` (CatchUp); on a conflict with what is here, nothing changes and it says why.
+  absl::Status Apply(const RegistryUpdate& update);
+  // A gateway host's tunnel address is reserved in the pool (when it lies there): never a CVM's.
+  absl::Status ReserveGateway(const GatewayNode& node);
+  void ReleaseGateway(const GatewayNode& node);
   static void BackOff(int attempt);
   static constexpr int kWriteAttempts = 30;
   absl::StatusOr<Outcome> RegisterOnce(std::string_view app, std::string_view id, std::string_view public_key);
@@ -200,6 +234,7 @@ class Registry {
   std::map<std::string, GatewayNode> gateways_;             // by name
   absl::flat_hash_map<std::string, size_t> app_sizes_;      // app id -> instances
   absl::flat_hash_map<std::string, std::string> key_owner_;  // CVM key (base64) -> instance id
+  uint64_t catch_ups_ = 0;
 };
 
 }  // namespace cvmgate

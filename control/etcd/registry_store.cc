@@ -125,7 +125,7 @@ absl::StatusOr<std::string> EtcdStore::Read() {
     }
   }
   sequence_revision_ = sequence;
-  known_revision_.store(range->revision);
+  read_revision_ = range->revision;
   return json{{"version", 1}, {"apps", apps}, {"gateways", gateways}}.dump();
 }
 
@@ -174,13 +174,46 @@ absl::Status EtcdStore::Write(std::span<const RegistryChange> changes, const Reg
   // The sequence held, so no other node wrote since this one's copy was current: with this write
   // it is current up to the transaction's revision.
   sequence_revision_ = txn->revision;
-  if (txn->revision > known_revision_.load()) known_revision_.store(txn->revision);
+  own_revisions_.insert(txn->revision);
   return absl::OkStatus();
+}
+
+RegistryUpdate EtcdStore::TakeUpdate() {
+  std::vector<EtcdEvent> events;
+  RegistryUpdate update;
+  {
+    std::lock_guard lock(mu_);
+    events.swap(events_);
+    update.resync = std::exchange(resync_, false);
+  }
+  if (update.resync) return update;  // Read follows, and passes what the watch brought meanwhile
+  int64_t last = 0;
+  for (const EtcdEvent& e : events) {
+    const int64_t revision = e.kv.mod_revision;
+    last = std::max(last, revision);
+    // In this node's copy already: read, or written by this node.
+    if (revision <= read_revision_ || own_revisions_.contains(revision)) continue;
+    std::string_view key = std::string_view(e.kv.key).substr(prefix_.size());
+    std::optional<std::string> value;
+    if (e.type == EtcdEvent::Type::kPut) value = e.kv.value;
+    if (key == kSequence) {
+      if (value) sequence_revision_ = revision;
+    } else if (StartsWith(key, kInstances)) {
+      update.instances[std::string(key.substr(kInstances.size()))] = std::move(value);
+    } else if (StartsWith(key, kApps)) {
+      update.apps[std::string(key.substr(kApps.size()))] = std::move(value);
+    } else if (StartsWith(key, kNodes)) {
+      update.gateways[std::string(key.substr(kNodes.size()))] = std::move(value);
+    }
+  }
+  // The watch is past these (a revision's events come together, so `last` may still be coming).
+  own_revisions_.erase(own_revisions_.begin(), own_revisions_.lower_bound(last));
+  return update;
 }
 
 void EtcdStore::StartWatching() {
   if (thread_.joinable()) return;
-  thread_ = std::thread([this] { Watch(); });
+  thread_ = std::thread([this, from = read_revision_ + 1] { Watch(from); });
 }
 
 void EtcdStore::Notify() {
@@ -188,8 +221,7 @@ void EtcdStore::Notify() {
   (void)!write(changes_.get(), &one, sizeof(one));
 }
 
-void EtcdStore::Watch() {
-  int64_t from = known_revision_.load() + 1;
+void EtcdStore::Watch(int64_t from) {
   for (;;) {
     auto watch = watcher_->Watch(prefix_, from);
     {
@@ -205,28 +237,33 @@ void EtcdStore::Watch() {
         break;
       }
       if (batch->compacted > 0) {
-        // The history since `from` is gone: the registry reads the whole prefix again.
-        from = 0;
+        // The history since `from` is gone: the registry reads the whole prefix again, and the watch
+        // goes on from the oldest revision etcd still has (the read passes what it brings first).
+        from = batch->compacted;
+        {
+          std::lock_guard lock(mu_);
+          events_.clear();
+          resync_ = true;
+        }
         Notify();
         break;
       }
-      for (const EtcdEvent& e : batch->events) {
-        from = std::max(from, e.kv.mod_revision + 1);
-        if (e.kv.mod_revision > known_revision_.load()) {
-          Notify();
-          break;
-        }
+      if (batch->events.empty()) continue;
+      from = std::max(from, batch->events.back().kv.mod_revision + 1);
+      {
+        std::lock_guard lock(mu_);
+        for (EtcdEvent& e : batch->events) events_.push_back(std::move(e));
       }
+      Notify();
     }
     {
       std::lock_guard lock(mu_);
       watch_ = nullptr;
       if (stopping_) return;
     }
-    // The watch broke (etcd unreachable or lost a member): the registry may have missed changes
-    // meanwhile; it reads them when the watch is back.
+    // The watch broke (etcd out of reach, or it lost a member): it resumes from the revision after
+    // the last one it saw, so nothing is missed; should that be compacted by then, see above.
     if (!watch.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    Notify();
   }
 }
 

@@ -11,15 +11,16 @@
 // Every write is one transaction that commits only if <prefix>sequence is as this node last saw it,
 // so the registry's rules (registry.h), checked against this node's copy, hold for the cluster: a
 // node that is behind gets Aborted, reads again and redoes its change. The claims make the same
-// uniqueness visible per key. A thread watches the prefix from the revision last read, and makes
-// changes_fd() readable when another node wrote; a watch that fell behind a compaction is simply a
-// change (the registry reads the whole prefix again).
+// uniqueness visible per key. A thread watches the prefix from the revision last read, keeps the
+// events, and makes changes_fd() readable; TakeUpdate hands the registry what other nodes changed
+// (its own writes, already in its copy, left out). A watch that breaks (etcd out of reach) resumes
+// from the last revision it saw; one that fell behind a compaction asks for a full read.
 #pragma once
 
-#include <atomic>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -40,6 +41,7 @@ class EtcdStore final : public RegistryStore {
   // etcd takes 128 operations in a transaction: a change is up to three (instance, two claims).
   size_t max_changes() const override { return 40; }
   int changes_fd() const override { return changes_.get(); }
+  RegistryUpdate TakeUpdate() override;
 
   // Starts the watch thread (from the revision the last Read saw).
   void StartWatching();
@@ -52,7 +54,7 @@ class EtcdStore final : public RegistryStore {
  private:
   EtcdStore(std::unique_ptr<EtcdClient> client, std::unique_ptr<EtcdClient> watcher,
             std::unique_ptr<EtcdClient> leaser, std::string prefix, std::string name);
-  void Watch();
+  void Watch(int64_t from);
   void Notify();
   absl::Status Publish(const GatewayNode& self, absl::Duration ttl, EtcdClient& client);
   void KeepAnnounced(GatewayNode self, absl::Duration ttl);
@@ -62,12 +64,17 @@ class EtcdStore final : public RegistryStore {
   std::unique_ptr<EtcdClient> leaser_;   // the lease thread's
   std::string prefix_;
   std::string name_;
-  int64_t sequence_revision_ = 0;             // <prefix>sequence's mod revision as last read or written (0: none)
-  std::atomic<int64_t> known_revision_{0};    // every change up to this revision is in this node's copy
+  // The control thread's: <prefix>sequence's mod revision as last read, written or taken in (0: none);
+  // the revision of the last Read; the revisions of this node's writes the watch has not passed yet.
+  int64_t sequence_revision_ = 0;
+  int64_t read_revision_ = 0;
+  std::set<int64_t> own_revisions_;
   Fd changes_;
-  std::mutex mu_;  // guards the two below, which the destructor uses to stop the watch thread
+  std::mutex mu_;  // guards the four below; the destructor stops the watch thread through the first two
   bool stopping_ = false;
   EtcdWatch* watch_ = nullptr;
+  std::vector<EtcdEvent> events_;  // what the watch saw, for TakeUpdate
+  bool resync_ = false;            // the watch lost history: the next update is a full read
   std::thread thread_;
   std::condition_variable stop_cv_;  // wakes the lease thread to stop
   int64_t lease_ = 0;                // the host's lease (guarded by mu_)

@@ -27,7 +27,7 @@ class RegistryEtcdTest : public testing::WithEtcdCluster {
  protected:
 
   // A gateway node's registry on this test's own prefix.
-  std::unique_ptr<Registry> Node(absl::Duration timeout = absl::Seconds(2)) {
+  std::unique_ptr<Registry> Node(absl::Duration timeout = absl::Seconds(2), bool watch = true) {
     EtcdOptions o;
     o.endpoints = cluster_->ClientUrls();
     o.timeout = timeout;
@@ -38,19 +38,32 @@ class RegistryEtcdTest : public testing::WithEtcdCluster {
     auto pool = IpPool::Create("10.9.0.0/22", "10.9.0.1");
     auto reg = std::make_unique<Registry>(*std::move(pool), *std::move(store));
     EXPECT_TRUE(reg->Load().ok());
-    raw->StartWatching();
+    if (watch) raw->StartWatching();
     return reg;
   }
   static std::string Prefix() {
     return std::string("/t/") + ::testing::UnitTest::GetInstance()->current_test_info()->name() + "/";
   }
-  // Waits (bounded) for `node`'s store to report a change from elsewhere, then reads it again.
+  // Waits (bounded) for `node`'s store to report a change from elsewhere, and takes it in. (The store
+  // also wakes the node for its own writes, which bring nothing to take in.)
   static bool CatchUp(Registry& node, std::chrono::milliseconds within = std::chrono::milliseconds(5000)) {
+    auto deadline = std::chrono::steady_clock::now() + within;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (!Changed(node, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()))) {
+        return false;
+      }
+      auto changed = node.CatchUp();
+      if (!changed.ok()) return false;
+      if (*changed) return true;
+    }
+    return false;
+  }
+  static bool Changed(Registry& node, std::chrono::milliseconds within) {
     pollfd p{node.store().changes_fd(), POLLIN, 0};
     if (poll(&p, 1, static_cast<int>(within.count())) != 1) return false;
     uint64_t n;
     (void)!read(p.fd, &n, sizeof(n));
-    return node.Load().ok();
+    return true;
   }
   std::unique_ptr<EtcdClient> Client() {
     EtcdOptions o;
@@ -131,6 +144,52 @@ TEST_F(RegistryEtcdTest, RacingRegistrationsNeverShareAnAddress) {
   auto claims = Client()->GetPrefix(Prefix() + "claims/address/");
   ASSERT_TRUE(claims.ok());
   EXPECT_EQ(claims->kvs.size(), addresses.size()) << "one claim per address";
+}
+
+TEST_F(RegistryEtcdTest, ANodeTakesInWhatOthersWroteAndNotItsOwnWrites) {
+  auto a = Node();
+  auto b = Node();
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(b->Register("mine", "mine-1", Key(1, 40)).ok());
+  ASSERT_TRUE(a->Register("theirs", "theirs-1", Key(2, 40)).ok());
+  // The watch brings B both writes, in order; B's update holds A's only (its own is in its copy).
+  std::set<std::string> seen;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!seen.contains("theirs-1") && std::chrono::steady_clock::now() < deadline) {
+    if (!Changed(*b, std::chrono::milliseconds(1000))) continue;
+    RegistryUpdate u = b->store().TakeUpdate();
+    EXPECT_FALSE(u.resync);
+    for (const auto& [id, value] : u.instances) seen.insert(id);
+  }
+  EXPECT_TRUE(seen.contains("theirs-1"));
+  EXPECT_FALSE(seen.contains("mine-1")) << "a node's own write is not handed back to it";
+}
+
+TEST_F(RegistryEtcdTest, AWatchBehindACompactionReadsTheRegistryWholeAndGoesOn) {
+  auto a = Node();
+  auto b = Node(absl::Seconds(2), /*watch=*/false);
+  ASSERT_TRUE(a && b);
+  for (uint32_t i = 0; i < 3; ++i) ASSERT_TRUE(a->Register("old", "old-" + std::to_string(i), Key(i, 50)).ok());
+  auto now = Client()->Put("/t-marker", "");
+  ASSERT_TRUE(now.ok()) << now.status();
+  ASSERT_TRUE(Client()->Compact(*now).ok());
+  // B's watch starts from the revision B last read, which etcd no longer has.
+  static_cast<EtcdStore&>(b->store()).StartWatching();
+  ASSERT_TRUE(Changed(*b, std::chrono::milliseconds(5000)));
+  RegistryUpdate whole = b->store().TakeUpdate();
+  EXPECT_TRUE(whole.resync) << "the history B missed is gone: it reads the registry whole";
+  static_cast<EtcdStore&>(b->store()).StartWatching();  // already running: no second watch
+  ASSERT_TRUE(b->Load().ok());
+  EXPECT_EQ(b->instances().size(), 3u);
+  // And the watch goes on from there.
+  ASSERT_TRUE(a->Register("new", "new-1", Key(9, 50)).ok());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!b->instances().contains("new-1") && std::chrono::steady_clock::now() < deadline) {
+    if (Changed(*b, std::chrono::milliseconds(1000))) {
+      ASSERT_TRUE(b->CatchUp().ok());
+    }
+  }
+  EXPECT_TRUE(b->instances().contains("new-1"));
 }
 
 // Last: it stops members.

@@ -40,7 +40,8 @@ def test_terminate_harness(cvmgate_bin):
 
 def test_registry_etcd_harness(cvmgate_bin):
     out = harness(REPO / "bench" / "registry_etcd.py", "--cvmgate", cvmgate_bin, "--registrations", "8",
-                  "--samples", "4", "--instances", "20")
+                  "--samples", "4", "--instances", "20", "--large-samples", "3")
     for row in ("| registrations/s through one host, 4 clients |", "| register on A -> routable on B, p50",
-                "| import of 20 instances through A |", "| B routes them all, after the import ended |"):
+                "| import of 20 instances through A |", "| B routes them all, after the import ended |",
+                "| with 20 instances: register on A -> routable on B", "| with 20 instances: registrations/s, A and B"):
         assert row in out, out

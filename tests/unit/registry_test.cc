@@ -432,5 +432,116 @@ TEST(Registry, ImportKeepsAddressesAndRunsAgainHarmlessly) {
   EXPECT_EQ(reg.instances().size(), 3u);
 }
 
+// A shared store as another gateway host changes it: what it holds whole, and the updates its watch
+// would hand over.
+class SharedStore final : public RegistryStore {
+ public:
+  const std::string& name() const override { return name_; }
+  absl::StatusOr<std::string> Read() override {
+    ++reads;
+    return document;
+  }
+  absl::Status Write(std::span<const RegistryChange>, const Registry&) override { return absl::OkStatus(); }
+  RegistryUpdate TakeUpdate() override { return std::exchange(update, RegistryUpdate{}); }
+
+  std::string document = R"({"version": 1})";
+  RegistryUpdate update;
+  int reads = 0;
+
+ private:
+  std::string name_ = "shared store";
+};
+
+TEST(Registry, CatchUpTakesInOnlyWhatOthersChanged) {
+  auto owned = std::make_unique<SharedStore>();
+  SharedStore& store = *owned;
+  Registry reg(Pool("10.0.0.0/24", "10.0.0.1"), std::move(owned));
+  ASSERT_TRUE(reg.Load().ok());
+  ASSERT_TRUE(reg.RegisterStatic("web", "web-1", "192.0.2.1", "80").ok());
+  ASSERT_TRUE(reg.Register("vm", "vm-1", kKey1).ok());  // 10.0.0.2
+  const uint64_t before = reg.catch_ups();
+
+  auto nothing = reg.CatchUp();
+  ASSERT_TRUE(nothing.ok());
+  EXPECT_FALSE(*nothing);
+  EXPECT_EQ(reg.catch_ups(), before);
+
+  // Another host registered a CVM, deregistered web-1, set an app's settings and joined the cluster.
+  store.update.instances["vm-2"] = std::string(R"({"app": "vm", "address": "10.0.0.3", "public_key": ")") + kKey2 + "\"}";
+  store.update.instances["web-1"] = std::nullopt;
+  store.update.apps["vm"] = R"({"max_connections": 9})";
+  store.update.gateways["b"] = R"({"public_key": "k", "endpoint": "b:51820", "tunnel_address": "10.0.0.4"})";
+  auto changed = reg.CatchUp();
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_TRUE(*changed);
+  EXPECT_EQ(store.reads, 1) << "taken in without reading the store whole";
+  EXPECT_EQ(reg.catch_ups(), before + 1);
+  EXPECT_EQ(reg.instances().at("vm-2").address, "10.0.0.3");
+  EXPECT_FALSE(reg.instances().contains("web-1"));
+  EXPECT_EQ(reg.app_settings("vm").max_connections, 9);
+  EXPECT_EQ(reg.gateways().at("b").endpoint, "b:51820");
+  // What is taken in holds the pool: the next CVM gets neither the other host's nor vm-2's address.
+  auto next = reg.Register("vm", "vm-3", kKey3);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->reg.address, "10.0.0.5");
+
+  // The host leaves and the app's settings go: both are released.
+  store.update.gateways["b"] = std::nullopt;
+  store.update.apps["vm"] = std::nullopt;
+  ASSERT_TRUE(reg.CatchUp().ok());
+  EXPECT_TRUE(reg.gateways().empty());
+  EXPECT_FALSE(reg.app_settings("vm").max_connections);
+  EXPECT_EQ(store.reads, 1);
+}
+
+TEST(Registry, AnUpdateThatDoesNotFitIsUndoneAndTheStoreReadWhole) {
+  auto owned = std::make_unique<SharedStore>();
+  SharedStore& store = *owned;
+  Registry reg(Pool("10.0.0.0/24", "10.0.0.1"), std::move(owned));
+  ASSERT_TRUE(reg.Load().ok());
+  ASSERT_TRUE(reg.Register("vm", "vm-1", kKey1).ok());  // 10.0.0.2
+  ASSERT_TRUE(reg.RegisterStatic("vm", "vm-0", "192.0.2.50", "80").ok());
+  const std::string kept = reg.ToJson();
+  struct Case {
+    const char* what;
+    std::string instance;  // vm-2's value
+    const char* app;       // an app's settings, or null
+  };
+  const std::vector<Case> cases = {
+      {"an address held here", std::string(R"({"app": "vm", "address": "10.0.0.2", "public_key": ")") + kKey2 + "\"}",
+       nullptr},
+      {"a key held here", std::string(R"({"app": "vm", "address": "10.0.0.9", "public_key": ")") + kKey1 + "\"}",
+       nullptr},
+      {"an instance named as an app", std::string(R"({"app": "other", "address": "10.0.0.9", "public_key": ")") + kKey2 + "\"}",
+       "vm-2"},
+      {"not JSON", "{", nullptr},
+      {"a bad port list", R"({"app": "vm", "address": "192.0.2.1", "ports": "0"})", nullptr},
+  };
+  for (const Case& c : cases) {
+    store.reads = 0;
+    store.update.instances["vm-2"] = c.instance;
+    // Half of this update fits (it removes vm-0): none of it may stay.
+    store.update.instances["vm-0"] = std::nullopt;
+    if (c.app != nullptr) store.update.apps[c.app] = R"({"max_connections": 3})";
+    // The store is read whole instead; that read fails too here, so what is left is the undo's work.
+    store.document = "{";
+    auto changed = reg.CatchUp();
+    ASSERT_FALSE(changed.ok()) << c.what;
+    EXPECT_NE(changed.status().message().find("shared store: not a JSON object"), std::string::npos)
+        << c.what << ": " << changed.status();
+    EXPECT_EQ(store.reads, 1) << c.what << ": the store is read whole instead";
+    EXPECT_EQ(reg.ToJson(), kept) << c.what << ": nothing of the update stays";
+    EXPECT_FALSE(reg.pool().CanReserve(in_addr{htonl(0x0a000002)}).ok()) << c.what << ": vm-1 keeps its address";
+    EXPECT_TRUE(reg.app_settings("vm-2").empty()) << c.what;
+  }
+  // A store that lost track is read whole.
+  store.update.resync = true;
+  store.document = R"({"version": 1, "apps": {"x": {"instances": [{"id": "x-1", "address": "192.0.2.9", "ports": "80"}]}}})";
+  auto whole = reg.CatchUp();
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(reg.instances().size(), 1u);
+  EXPECT_TRUE(reg.instances().contains("x-1"));
+}
+
 }  // namespace
 }  // namespace cvmgate
