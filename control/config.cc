@@ -220,6 +220,17 @@ const std::vector<Flag>& Flags() {
          else return Bad("splice-mode", v, "expected inline, uring or copy");
          return absl::OkStatus();
        }},
+      {"ring-taskrun", "auto|defer|coop|off", "auto",
+       "how a worker's io_uring hands it completions: deferred to the worker's own wait (single issuer, Linux "
+       "6.1), cooperatively, or interrupting it as they come; auto takes the first the kernel has",
+       [](Config& c, const std::string& v) {
+         if (v == "auto") c.ring_taskrun = RingTaskRun::kAuto;
+         else if (v == "defer") c.ring_taskrun = RingTaskRun::kDefer;
+         else if (v == "coop") c.ring_taskrun = RingTaskRun::kCoop;
+         else if (v == "off") c.ring_taskrun = RingTaskRun::kOff;
+         else return Bad("ring-taskrun", v, "expected auto, defer, coop or off");
+         return absl::OkStatus();
+       }},
       {"pipe-size", "BYTES", "1048576",
        "capacity of each relay pipe (F_SETPIPE_SZ); pipes are pooled, so few exist at once; 0 keeps 64 KiB",
        IntFlag("pipe-size", &Config::pipe_size, 0, 1 << 26)},
@@ -265,6 +276,7 @@ WorkerOptions WorkerOptionsOf(const Config& config) {
   o.idle_timeout_ms = ms(config.idle_timeout);
   o.drain_timeout_ms = ms(config.drain_timeout);
   o.splice_mode = config.splice_mode;
+  o.ring_taskrun = config.ring_taskrun;
   o.pipe_size = config.pipe_size;
   o.backend_rcvbuf = config.backend_rcvbuf;
   o.ktls = config.tls_policy.ktls;

@@ -12,4 +12,14 @@ std::string_view SpliceModeName(SpliceMode mode) {
   return "unknown";
 }
 
+std::string_view RingTaskRunName(RingTaskRun mode) {
+  switch (mode) {
+    case RingTaskRun::kAuto: return "auto";
+    case RingTaskRun::kDefer: return "defer";
+    case RingTaskRun::kCoop: return "coop";
+    case RingTaskRun::kOff: return "off";
+  }
+  return "unknown";
+}
+
 }  // namespace cvmgate

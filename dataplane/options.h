@@ -19,6 +19,15 @@ enum class SpliceMode : uint8_t {
 };
 std::string_view SpliceModeName(SpliceMode mode);
 
+// How a worker's ring hands it completions (the kernel's "task work").
+enum class RingTaskRun : uint8_t {
+  kAuto,   // the first of the three below this kernel takes
+  kDefer,  // single issuer, deferred to the worker's own wait (IORING_SETUP_DEFER_TASKRUN, Linux 6.1)
+  kCoop,   // cooperative: no interrupt of the running worker (IORING_SETUP_COOP_TASKRUN, Linux 5.19)
+  kOff,    // the kernel's default: completions interrupt the worker as they come
+};
+std::string_view RingTaskRunName(RingTaskRun mode);
+
 struct ListenAddress {
   std::string text;
   sockaddr_storage addr{};
@@ -53,6 +62,7 @@ struct WorkerOptions {
   int64_t idle_timeout_ms = 600'000;
   int64_t drain_timeout_ms = 30'000;
   SpliceMode splice_mode = SpliceMode::kInline;
+  RingTaskRun ring_taskrun = RingTaskRun::kAuto;
   uint32_t pipe_size = 1 << 20;       // a fast flow's pipe; 0 keeps 64 KiB
   uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
   bool ktls = true;                   // kTLS was asked for (false: counted as ktls_fallback_disabled)

@@ -2,10 +2,16 @@
 #include "dataplane/uring.h"
 
 #include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include <absl/strings/str_cat.h>
+
+#include "dataplane/strings.h"
 
 namespace cvmgate {
 namespace {
@@ -18,12 +24,34 @@ Uring::~Uring() {
   if (ready_) io_uring_queue_exit(&ring_);
 }
 
-absl::Status Uring::Init(uint32_t entries) {
-  io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
-  params.cq_entries = entries * 4;
-  int ret = io_uring_queue_init_params(entries, &ring_, &params);
+absl::Status Uring::Init(uint32_t entries, RingTaskRun taskrun) {
+  auto flags_of = [](RingTaskRun mode) -> unsigned {
+    switch (mode) {
+      case RingTaskRun::kDefer:
+        return IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
+      case RingTaskRun::kCoop: return IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+      default: return 0;
+    }
+  };
+  std::vector<RingTaskRun> tries = {taskrun};
+  if (taskrun == RingTaskRun::kAuto) tries = {RingTaskRun::kDefer, RingTaskRun::kCoop, RingTaskRun::kOff};
+  int ret = -EINVAL;
+  for (RingTaskRun mode : tries) {
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE | flags_of(mode);
+    params.cq_entries = entries * 4;
+    ret = io_uring_queue_init_params(entries, &ring_, &params);
+    if (ret == 0) {
+      taskrun_ = mode;
+      break;
+    }
+    if (ret != -EINVAL) break;  // an older kernel refuses a flag it does not know with EINVAL
+  }
   if (ret < 0) {
+    if (taskrun != RingTaskRun::kAuto && ret == -EINVAL) {
+      return absl::FailedPreconditionError(absl::StrCat("io_uring task work '", AbslView(RingTaskRunName(taskrun)),
+                                                        "': this kernel does not have it (auto takes what it has)"));
+    }
     return absl::InternalError(absl::StrCat("io_uring_queue_init: ", std::strerror(-ret),
                                             " (cvmgate needs io_uring: Linux 6.1 or newer)"));
   }
@@ -33,6 +61,12 @@ absl::Status Uring::Init(uint32_t entries) {
   unsigned iowq_max[2] = {2, 4};
   io_uring_register_iowq_max_workers(&ring_, iowq_max);
   return absl::OkStatus();
+}
+
+void Uring::Start() {
+  // io_uring_enable_rings, which Debian's liburing 2.3 declares but does not export.
+  if (taskrun_ == RingTaskRun::kDefer) syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+  (void)io_uring_register_ring_fd(&ring_);  // an optimisation: without it, io_uring_enter looks the fd up
 }
 
 io_uring_sqe* Uring::Sqe() {
@@ -88,7 +122,8 @@ void Uring::Read(Tag tag, int fd, void* buf, uint32_t len) {
 
 void Uring::SubmitAndWait(int64_t wait_ms) {
   if (wait_ms == 0) {
-    io_uring_submit(&ring_);
+    // Also runs the completions' deferred task work, which only a wait would otherwise.
+    io_uring_submit_and_get_events(&ring_);
     return;
   }
   __kernel_timespec ts{wait_ms / 1000, (wait_ms % 1000) * 1000000};

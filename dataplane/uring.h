@@ -8,6 +8,7 @@
 
 #include <absl/status/status.h>
 
+#include "dataplane/options.h"
 #include "dataplane/ring.h"
 
 namespace cvmgate {
@@ -19,7 +20,14 @@ class Uring final : public Ring {
   Uring(const Uring&) = delete;
   Uring& operator=(const Uring&) = delete;
 
-  absl::Status Init(uint32_t entries);
+  // Creates the ring with the task-work mode asked for (kAuto: the first this kernel takes). A
+  // single-issuer ring stays disabled until Start, so the thread that calls Start owns it.
+  absl::Status Init(uint32_t entries, RingTaskRun taskrun = RingTaskRun::kAuto);
+  // On the thread that submits from now on: enables the ring, and registers its descriptor (each
+  // io_uring_enter then skips looking it up).
+  void Start();
+  // The task-work mode the ring was created with (never kAuto).
+  RingTaskRun taskrun() const { return taskrun_; }
 
   void Recv(Tag tag, int fd, uint8_t* buf, uint32_t len, int flags) override;
   void Poll(Tag tag, int fd, short events) override;
@@ -49,6 +57,7 @@ class Uring final : public Ring {
   io_uring_sqe* Sqe();
   io_uring ring_{};
   bool ready_ = false;
+  RingTaskRun taskrun_ = RingTaskRun::kOff;
 };
 
 }  // namespace cvmgate

@@ -64,7 +64,7 @@ Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, 
 Worker::~Worker() = default;
 
 absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
-  if (auto s = ring_.Init(kRingEntries); !s.ok()) return s;
+  if (auto s = ring_.Init(kRingEntries, options_.ring_taskrun); !s.ok()) return s;
   wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
   if (!wake_fd_.valid()) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
 
@@ -127,6 +127,7 @@ void Worker::ArmWake() { ring_.Read({Op::kWake, 0, 0}, wake_fd_.get(), &wake_val
 void Worker::Run() {
   pthread_setname_np(pthread_self(), absl::StrCat("cvmgate-w", index_).c_str());
   DropThreadCapabilities(index_);
+  ring_.Start();  // this thread is the ring's one submitter
   started_.store(true);
   started_.notify_all();
   env_.now_ms = MonotonicMs();

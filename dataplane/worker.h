@@ -42,6 +42,7 @@ class Worker {
 
   const WorkerCounters& counters() const { return counters_; }
   uint32_t live_connections() const { return conns_.live(); }
+  RingTaskRun ring_taskrun() const { return ring_.taskrun(); }
   // Bytes spliced into this worker's pipes and not yet out of them: what
   // stalled relays hold in pipes.
   int64_t pipe_bytes() const { return pipe_bytes_.load(std::memory_order_relaxed); }

@@ -294,7 +294,7 @@ int Main(int argc, char** argv) {
   Log("ready, listening on ", absl::StrJoin(addrs, " "), " (", workers, " workers ",
       cpus.empty() ? std::string("not pinned") : absl::StrCat("on CPUs ", absl::StrJoin(worker_cpus, ",")),
       ", splice-mode ",
-      SpliceModeName(config.splice_mode), ", max ", per_worker * workers, " connections, base domains ",
+      SpliceModeName(config.splice_mode), ", ring task work ", RingTaskRunName(pool[0]->ring_taskrun()), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
   loop.Run(control, domain, **admin, registry.store().changes_fd());

@@ -93,6 +93,20 @@ def test_4mib_payload_intact_both_ways(make_gateway, backends, mode):
     gw.stop()
 
 
+@pytest.mark.parametrize("taskrun", ["defer", "coop", "off"])
+def test_every_ring_task_work_mode_relays_and_half_closes(make_gateway, backends, taskrun):
+    gw = make_gateway(args=["--ring-taskrun", taskrun])
+    assert "ring task work %s," % taskrun in gw.log(), gw.log()
+    c, _ = open_relay(gw, backends)
+    payload = os.urandom(1 << 20)
+    c.send(payload)
+    c.half_close()
+    ex = peers.Exchange(c.read_until_eof(timeout=30), c.tls_end)
+    c.close()
+    assert_echo(ex, payload)
+    gw.stop()
+
+
 def test_half_close_client_still_receives_everything(gateway, backends):
     c, _ = open_relay(gateway, backends)
     payload = os.urandom(64 << 10)
