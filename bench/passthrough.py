@@ -234,10 +234,16 @@ def one_case(args, name, product, proc, sinks, cpus):
                  "32" if name == "rr" else "256", "--sni", sni(rr.port)]
         if name == "latency":
             extra += ["--rate", str(args.latency_rate)]
+        sink_t0 = tree_ticks(rr.p.pid)
         res, err = loadgen(args, cpus["client"], port_of(rr), "rr", extra, args.run_timeout)
         if res is not None:
             r.update(conn_per_s=res["conn_per_s"], p50_us=res["lat_p50_us"], p99_us=res["lat_p99_us"],
                      connections=res["completed"])
+            # The load side's CPU-seconds per second of the run: near its CPU count, the load side, not
+            # the proxy, bounds conn/s (CPU per connection then compares the proxies).
+            if res.get("wall_s"):
+                load_cpu_s = res.get("cpu_s", 0.0) + (tree_ticks(rr.p.pid) - sink_t0) / CLK_TCK
+                r["load_busy"] = load_cpu_s / res["wall_s"]
     if proc is not None:
         if not proc.alive():
             err = (err + "; " if err else "") + f"{product} exited: {proc.log_tail()}"
@@ -288,7 +294,7 @@ def summarize(results, case_names, products):
             if ok:
                 vals = [x[key] for x in ok]
                 row.update(median=statistics.median(vals), min=min(vals), max=max(vals))
-                for extra in ("cpu_per_gb", "cpu_ms_per_conn", "p50_us", "p99_us"):
+                for extra in ("cpu_per_gb", "cpu_ms_per_conn", "p50_us", "p99_us", "load_busy"):
                     xs = [x[extra] for x in ok if extra in x]
                     if xs:
                         row[extra] = statistics.median(xs)
@@ -333,6 +339,8 @@ def table(rows, products, projection):
         value = fmt.format(r["median"]) + " " + unit
         if r["case"] == "latency":
             value += f" (p50 {r['p50_us']:.0f})"
+        if r["case"] == "rr" and "load_busy" in r:
+            value += f" (load side {r['load_busy']:.2f} CPU)"
         if r["case"].startswith("idle") and "rss_mib" in r:
             value += f" ({r['rss_mib']:.0f} MiB total)"
         spread = fmt.format(r["min"]) + "–" + fmt.format(r["max"])
@@ -435,6 +443,9 @@ def main():
           "byte; idle: RSS growth of a freshly started proxy (process and children) with 1k and 8k idle relayed "
           "connections, per connection, and its total RSS (cvmgate sizes its connection table from the "
           "descriptor limit at start, so that part is in its starting RSS)")
+    print("- rr's \"load side\" is the CPU loadgen and the sink used per second of the run: where it is as many "
+          "CPUs as the load side has, the load side bounds conn/s, and CPU-ms/conn is the figure that compares "
+          "the proxies")
     if spliced:
         shown = ", ".join(f"{p} {'n/a' if c is None else c}" for p, c in spliced.items())
         print(f"- splice(2) calls during one 64 MiB stream, by strace: {shown}")
