@@ -231,6 +231,14 @@ const std::vector<Flag>& Flags() {
          else return Bad("ring-taskrun", v, "expected auto, defer, coop or off");
          return absl::OkStatus();
        }},
+      {"rebalance", "on|off", "on",
+       "with several workers, one holding more connections than another hands new ones to it (SO_REUSEPORT's "
+       "hash may put a few long-lived connections on one worker while another idles)",
+       [](Config& c, const std::string& v) {
+         if (v != "on" && v != "off") return Bad("rebalance", v, "expected on or off");
+         c.rebalance = v == "on";
+         return absl::OkStatus();
+       }},
       {"pipe-size", "BYTES", "1048576",
        "capacity of each relay pipe (F_SETPIPE_SZ); pipes are pooled, so few exist at once; 0 keeps 64 KiB",
        IntFlag("pipe-size", &Config::pipe_size, 0, 1 << 26)},
@@ -277,6 +285,7 @@ WorkerOptions WorkerOptionsOf(const Config& config) {
   o.drain_timeout_ms = ms(config.drain_timeout);
   o.splice_mode = config.splice_mode;
   o.ring_taskrun = config.ring_taskrun;
+  o.rebalance = config.rebalance;
   o.pipe_size = config.pipe_size;
   o.backend_rcvbuf = config.backend_rcvbuf;
   o.ktls = config.tls_policy.ktls;

@@ -50,6 +50,7 @@ struct Config {
   absl::Duration drain_timeout = absl::Seconds(30);
   SpliceMode splice_mode = SpliceMode::kInline;
   RingTaskRun ring_taskrun = RingTaskRun::kAuto;
+  bool rebalance = true;
   uint32_t pipe_size = 1 << 20;
   uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
   uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit

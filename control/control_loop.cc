@@ -54,6 +54,9 @@ std::string ControlLoop::WorkerMetrics() const {
     m.Counter(absl::StrCat(AbslView(kCounterInfo[i].name), "_total"), kCounterInfo[i].help, Sum(i));
   }
   m.Gauge("live_connections", "connections held now", Live());
+  std::vector<int64_t> per_worker;
+  for (auto& w : workers_) per_worker.push_back(w->live_connections());
+  m.GaugePerIndex("worker_live_connections", "connections each worker holds now", "worker", per_worker);
   m.Gauge("relay_pipe_bytes", "bytes relays hold in pipes (read from one side, not yet written)", PipeBytes());
   m.Counter("reload_ok_total", "state reloads that took effect", reloads_ok_);
   m.Counter("reload_failed_total", "state reloads refused", reloads_failed_);

@@ -20,6 +20,15 @@ void MetricsText::Counter(std::string_view name, std::string_view help, uint64_t
   absl::StrAppend(&out_, value, "\n");
 }
 
+void MetricsText::GaugePerIndex(std::string_view name, std::string_view help, std::string_view label,
+                                const std::vector<int64_t>& values) {
+  absl::StrAppend(&out_, "# HELP cvmgate_", AbslView(name), " ", AbslView(help), "\n# TYPE cvmgate_", AbslView(name),
+                  " gauge\n");
+  for (size_t i = 0; i < values.size(); ++i) {
+    absl::StrAppend(&out_, "cvmgate_", AbslView(name), "{", AbslView(label), "=\"", i, "\"} ", values[i], "\n");
+  }
+}
+
 void MetricsText::IntegerGauge(std::string_view name, std::string_view help, int64_t value) {
   Head(name, help, "gauge");
   absl::StrAppend(&out_, value, "\n");

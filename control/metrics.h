@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace cvmgate {
 
@@ -20,6 +21,9 @@ class MetricsText {
     IntegerGauge(name, help, static_cast<int64_t>(value));
   }
   void Gauge(std::string_view name, std::string_view help, double value);
+  // One gauge per index i of `values`, told apart by the label `label`="i" (e.g. worker="0").
+  void GaugePerIndex(std::string_view name, std::string_view help, std::string_view label,
+                     const std::vector<int64_t>& values);
   // Text another writer made (the workers' part), appended as it is.
   void Append(std::string_view text) { out_.append(text); }
 

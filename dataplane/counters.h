@@ -12,6 +12,8 @@ namespace cvmgate {
 #define CVMGATE_WORKER_COUNTERS(X)                                                        \
   X(accepted, "connections accepted")                                                     \
   X(accept_errors, "accept completions that failed (e.g. EMFILE)")                        \
+  X(handed_off, "accepted connections handed to a worker holding fewer (--rebalance)")   \
+  X(adopted, "connections taken from a worker holding more (--rebalance)")               \
   X(routed_passthrough, "connections relayed in passthrough mode")                        \
   X(routed_terminate, "connections whose TLS ended here, relayed as plaintext")           \
   X(routed_grpc, "g (gRPC, ALPN h2) connections whose TLS ended here")                    \

@@ -63,6 +63,7 @@ struct WorkerOptions {
   int64_t drain_timeout_ms = 30'000;
   SpliceMode splice_mode = SpliceMode::kInline;
   RingTaskRun ring_taskrun = RingTaskRun::kAuto;
+  bool rebalance = true;  // a worker holding more connections than another hands new ones to it
   uint32_t pipe_size = 1 << 20;       // a fast flow's pipe; 0 keeps 64 KiB
   uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
   bool ktls = true;                   // kTLS was asked for (false: counted as ktls_fallback_disabled)

@@ -112,6 +112,10 @@ absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
 }
 
 void Worker::Stop() {
+  {
+    std::lock_guard lock(inbox_mu_);
+    inbox_closed_ = true;
+  }
   stop_requested_.store(true);
   uint64_t one = 1;
   (void)!write(wake_fd_.get(), &one, sizeof(one));
@@ -179,7 +183,43 @@ void Worker::Handle(Tag tag, int res, unsigned flags) {
   }
 }
 
+bool Worker::Adopt(Fd& client) {
+  {
+    std::lock_guard lock(inbox_mu_);
+    if (inbox_closed_) return false;
+    inbox_.push_back(std::move(client));
+  }
+  handed_.fetch_add(1, std::memory_order_relaxed);
+  uint64_t one = 1;
+  (void)!write(wake_fd_.get(), &one, sizeof(one));
+  return true;
+}
+
+Worker* Worker::LessLoaded() const {
+  if (!options_.rebalance || peers_.size() < 2) return nullptr;
+  Worker* best = nullptr;
+  uint32_t least = UINT32_MAX;
+  for (Worker* w : peers_) {
+    if (w == this) continue;
+    if (uint32_t l = w->load(); l < least) {
+      least = l;
+      best = w;
+    }
+  }
+  return best != nullptr && load() > least + least / 8 ? best : nullptr;
+}
+
 void Worker::OnWake() {
+  std::vector<Fd> adopted;
+  {
+    std::lock_guard lock(inbox_mu_);
+    adopted.swap(inbox_);
+  }
+  for (Fd& fd : adopted) {
+    handed_.fetch_sub(1, std::memory_order_relaxed);
+    counters_.Add(Counter::adopted);
+    conns_.Accept(Transport::Plain(std::move(fd)));
+  }
   if (stop_requested_.load() && !draining_) BeginDrain();
   if (!draining_) ArmWake();
 }
@@ -220,6 +260,10 @@ void Worker::OnAccept(size_t listener, int res, bool more) {
   Fd fd(res);
   if (!more && !draining_) ArmAccept(listener);
   counters_.Add(Counter::accepted);
+  if (Worker* to = LessLoaded(); to != nullptr && to->Adopt(fd)) {
+    counters_.Add(Counter::handed_off);
+    return;
+  }
   conns_.Accept(Transport::Plain(std::move(fd)));
 }
 

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include <absl/status/status.h>
@@ -40,6 +41,15 @@ class Worker {
   // Thread-safe: stop accepting, let live relays finish (up to --drain-timeout), return from Run().
   void Stop();
 
+  // The process's workers, this one included, for --rebalance: SO_REUSEPORT's hash spreads
+  // connections evenly only on average, so a few long-lived ones may all land on one worker while
+  // another is idle. A worker that accepts a connection while it holds more than the least loaded
+  // one (by an eighth, or by any when that one holds none) hands it to that one.
+  void SetPeers(std::vector<Worker*> peers) { peers_ = std::move(peers); }
+  // Thread-safe: takes `client`, which another worker accepted, and wakes this worker for it; false
+  // (and `client` left alone) once this worker is stopping.
+  bool Adopt(Fd& client);
+
   const WorkerCounters& counters() const { return counters_; }
   uint32_t live_connections() const { return conns_.live(); }
   RingTaskRun ring_taskrun() const { return ring_.taskrun(); }
@@ -55,6 +65,9 @@ class Worker {
   void OnWake();
   void BeginDrain();
   int64_t WaitMs() const;
+  // What --rebalance weighs: connections held, and those handed over but not yet taken in.
+  uint32_t load() const { return conns_.live() + handed_.load(std::memory_order_relaxed); }
+  Worker* LessLoaded() const;
 
   const int index_;
   const WorkerOptions options_;
@@ -70,6 +83,11 @@ class Worker {
   Fd wake_fd_;
   uint64_t wake_value_ = 0;
   std::atomic<bool> stop_requested_{false};
+  std::vector<Worker*> peers_;
+  std::mutex inbox_mu_;
+  std::vector<Fd> inbox_;      // connections handed over by other workers (guarded by inbox_mu_)
+  bool inbox_closed_ = false;  // Stop was called: no more are taken (guarded by inbox_mu_)
+  std::atomic<uint32_t> handed_{0};
   std::atomic<bool> started_{false};
   bool draining_ = false;
   int64_t drain_deadline_ms_ = 0;

@@ -244,6 +244,9 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
+  std::vector<Worker*> workers_of_process;
+  for (auto& w : pool) workers_of_process.push_back(w.get());
+  for (auto& w : pool) w->SetPeers(workers_of_process);
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,

@@ -33,7 +33,7 @@ TEST(Config, WorkerOptionsCarryTheFlags) {
   auto c = ParseFlags({"--base-domain=example.test", "--hello-timeout=250ms", "--handshake-timeout=2s",
                        "--connect-timeout=1500ms", "--idle-timeout=90s", "--drain-timeout=1m", "--connect-tries=5",
                        "--hello-max-bytes=4096", "--backlog=64", "--splice-mode=uring", "--pipe-size=0",
-                       "--backend-rcvbuf=0", "--ktls=off", "--ring-taskrun=coop"});
+                       "--backend-rcvbuf=0", "--ktls=off", "--ring-taskrun=coop", "--rebalance=off"});
   ASSERT_TRUE(c.ok()) << c.status();
   WorkerOptions o = WorkerOptionsOf(*c);
   EXPECT_EQ(o.hello_timeout_ms, 250);
@@ -49,6 +49,7 @@ TEST(Config, WorkerOptionsCarryTheFlags) {
   EXPECT_EQ(o.backend_rcvbuf, 0u);
   EXPECT_FALSE(o.ktls);
   EXPECT_EQ(o.ring_taskrun, RingTaskRun::kCoop);
+  EXPECT_FALSE(o.rebalance);
 }
 
 TEST(Config, RegistryIsTheFileOrEtcd) {
@@ -84,6 +85,7 @@ TEST(Config, ErrorsNameTheFlag) {
       {{"--base-domain=x.test", "--listen=1.2.3.4:70000"}, "the port must be"},
       {{"--base-domain=x.test", "--splice-mode=fast"}, "expected inline, uring or copy"},
       {{"--base-domain=x.test", "--ring-taskrun=sqpoll"}, "expected auto, defer, coop or off"},
+      {{"--base-domain=x.test", "--rebalance=yes"}, "expected on or off"},
       {{"--base-domain=bad_domain"}, "is not a host name"},
       {{"--base-domain"}, "--base-domain needs a value"},
       {{"--base-domain=x.test", "stray"}, "unexpected argument 'stray'"},
@@ -103,7 +105,7 @@ TEST(Config, UsageListsEveryFlagWithItsDefault) {
   std::string u = Usage();
   for (const char* f : {"--listen", "--base-domain", "--state", "--workers", "--hello-timeout", "--hello-max-bytes",
                         "--connect-timeout", "--connect-tries", "--idle-timeout", "--drain-timeout", "--splice-mode",
-                        "--ring-taskrun", "--max-connections", "--backlog"}) {
+                        "--ring-taskrun", "--rebalance", "--max-connections", "--backlog"}) {
     EXPECT_NE(u.find(f), std::string::npos) << f;
   }
   EXPECT_NE(u.find("(default: 10m)"), std::string::npos);
