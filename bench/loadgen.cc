@@ -5,7 +5,9 @@
 //         then shutdown(SHUT_WR) and waits for the peer to close.
 //   rr    --count connections in total, --conns at a time; each sends the hello
 //         plus a --req-bytes request, reads a --resp-bytes response and closes.
-//         With --rate R they start on a fixed schedule, R per second (open loop).
+//         With --rate R they start on a fixed schedule, R per second (open loop). With
+//         --exchanges K each connection makes K request/response exchanges, one after the
+//         other, and the latencies reported are those of exchanges 2..K: an open connection's.
 //   hold  --conns connections each send the hello and then stay open and idle; once all
 //         have, "holding N" is printed on stdout; at --timeout the report follows (exit 0
 //         when every connection was still open). For memory per idle relayed connection.
@@ -64,7 +66,7 @@ double seconds_since(Clock::time_point t0) {
                "usage: loadgen bulk|rr|hold --connect ADDR:PORT [--conns C] [--bytes N]\n"
                "               [--count N] [--sni NAME | --hello FILE] [--timeout S]\n"
                "               [--chunk N] [--req-bytes N] [--resp-bytes N]\n"
-               "               [--dump-hello FILE] [--rate CONN_PER_S]\n"
+               "               [--dump-hello FILE] [--rate CONN_PER_S] [--exchanges K]\n"
                "sizes accept K, M, G suffixes (powers of 1024)\n");
   std::exit(3);
 }
@@ -218,6 +220,7 @@ struct Options {
   size_t req_bytes = 1024;
   size_t resp_bytes = 1024;
   double rate = 0;  // rr: connections started per second on a fixed schedule; 0 = as fast as --conns allows
+  uint64_t exchanges = 1;  // rr: request/response exchanges per connection
 };
 
 enum class Phase { Connecting, Sending, Draining, Done };
@@ -227,8 +230,10 @@ struct Conn {
   Phase phase = Phase::Connecting;
   uint64_t hello_sent = 0;   // bytes of the hello (rr: hello + request) written
   uint64_t payload_sent = 0; // bulk payload written
-  uint64_t received = 0;     // bytes read from the peer
+  uint64_t received = 0;     // bytes read from the peer (rr: of the current response)
+  uint64_t answered = 0;     // rr: responses read
   Clock::time_point started;
+  Clock::time_point asked;   // rr: when the current request went out
 };
 
 int open_conn(const sockaddr_in& addr) {
@@ -375,7 +380,9 @@ class Runner {
     --active_;
     if (ok) {
       ++done_;
-      if (o_.mode == "rr") lat_us_.push_back(std::chrono::duration<double, std::micro>(Clock::now() - c.started).count());
+      if (o_.mode == "rr" && o_.exchanges == 1) {
+        lat_us_.push_back(std::chrono::duration<double, std::micro>(Clock::now() - c.started).count());
+      }
     } else {
       note_error(what ? what : "error", err);
     }
@@ -480,8 +487,25 @@ class Runner {
       }
       c.received += static_cast<uint64_t>(n);
       if (o_.mode == "rr" && c.phase == Phase::Draining && c.received >= o_.resp_bytes) {
-        finish(idx, c.received == o_.resp_bytes, "response longer than expected", EPROTO);
-        return false;
+        if (c.received != o_.resp_bytes) {
+          finish(idx, false, "response longer than expected", EPROTO);
+          return false;
+        }
+        if (c.answered++ > 0) {
+          lat_us_.push_back(std::chrono::duration<double, std::micro>(Clock::now() - c.asked).count());
+        }
+        if (c.answered == o_.exchanges) {
+          finish(idx, true);
+          return false;
+        }
+        // The next request on the same connection: 1 KiB-sized requests fit an empty send buffer.
+        c.received = 0;
+        c.asked = Clock::now();
+        const uint8_t* req = first_write_.data() + hello_.size();
+        if (send(c.fd, req, o_.req_bytes, MSG_NOSIGNAL) != static_cast<ssize_t>(o_.req_bytes)) {
+          finish(idx, false, "send of a further request", errno);
+          return false;
+        }
       }
     }
     return true;
@@ -601,6 +625,9 @@ Options parse_args(int argc, char** argv) {
       o.req_bytes = static_cast<size_t>(parse_size(val()));
     } else if (a == "--resp-bytes") {
       o.resp_bytes = static_cast<size_t>(parse_size(val()));
+    } else if (a == "--exchanges") {
+      o.exchanges = parse_size(val());
+      if (o.exchanges == 0) die_usage("--exchanges must be > 0");
     } else if (a == "--rate") {
       o.rate = std::atof(val().c_str());
       if (o.rate <= 0) die_usage("--rate must be > 0");

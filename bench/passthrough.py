@@ -20,6 +20,8 @@ Cases (--cases):
   rr           --rr-count connections, 32 at a time, 1 KiB request / 1 KiB response (conn/s, CPU-ms/conn)
   latency      the same exchange at a fixed --latency-rate (open loop): p50/p99 from the scheduled start
                to the last response byte
+  open-1k      --open-exchanges 1 KiB request/response exchanges, one after the other, on one open
+               connection: p50/p99 from each request to the last byte of its response
   idle-1k, idle-8k
                that many connections relayed and left idle: the proxy's RSS growth per connection, and
                the projection to 100k from the slope between the two
@@ -45,7 +47,7 @@ from benchlib import (BUILD, CLK_TCK, NGINX_STREAM_MODULE, ROOT, add_product_arg
                       tree_ticks)
 
 PRODUCTS = ("direct", "cvmgate", "haproxy", "haproxy-splice", "nginx", "nginx-256k")
-CASES = ("bulk-1", "bulk-8", "rr", "latency", "idle-1k", "idle-8k")
+CASES = ("bulk-1", "bulk-8", "rr", "latency", "open-1k", "idle-1k", "idle-8k")
 BASE_DOMAIN = "example.test"
 
 
@@ -206,7 +208,7 @@ def splice_calls(args, product, proc, sinks, cpus):
 
 def one_case(args, name, product, proc, sinks, cpus):
     r = {"product": product, "case": name, "error": None}
-    bulk, rr = sinks
+    bulk, rr, open_rr = sinks
     port_of = (lambda s: proc.port if proc else s.port)
     t0 = tree_ticks(proc.p.pid) if proc else 0
     if name.startswith("idle"):
@@ -229,6 +231,12 @@ def one_case(args, name, product, proc, sinks, cpus):
             if s1["bytes"] - s0["bytes"] != want:
                 err = f"sink saw {s1['bytes'] - s0['bytes']} bytes, expected {want}"
             r.update(gbps=res["gbps"], payload_bytes=res["payload_bytes"])
+    elif name == "open-1k":
+        extra = ["--count", "1", "--conns", "1", "--exchanges", str(args.open_exchanges), "--sni",
+                 sni(open_rr.port)]
+        res, err = loadgen(args, cpus["client"], port_of(open_rr), "rr", extra, args.run_timeout)
+        if res is not None:
+            r.update(p50_us=res["lat_p50_us"], p99_us=res["lat_p99_us"])
     else:
         extra = ["--count", str(args.rr_count if name == "rr" else args.latency_count), "--conns",
                  "32" if name == "rr" else "256", "--sni", sni(rr.port)]
@@ -260,7 +268,7 @@ def one_case(args, name, product, proc, sinks, cpus):
 def idle_case(args, name, product, workdir, sinks, cpus, tag):
     """Idle cases get a process of their own, measured from its fresh start."""
     try:
-        proc = start_product(product, args, workdir, (sinks[0].port, sinks[1].port), cpus["proxy"], tag)
+        proc = start_product(product, args, workdir, [x.port for x in sinks], cpus["proxy"], tag)
     except RuntimeError as e:
         return {"product": product, "case": name, "error": str(e)}
     time.sleep(0.2)
@@ -276,6 +284,7 @@ METRICS = {  # case -> (result key, unit, format, higher is better)
     "bulk-8": ("gbps", "GB/s", "{:.2f}", True),
     "rr": ("conn_per_s", "conn/s", "{:.0f}", True),
     "latency": ("p99_us", "µs p99", "{:.0f}", False),
+    "open-1k": ("p99_us", "µs p99", "{:.0f}", False),
     "idle-1k": ("kib_per_conn", "KiB/conn", "{:.1f}", False),
     "idle-8k": ("kib_per_conn", "KiB/conn", "{:.1f}", False),
 }
@@ -337,7 +346,7 @@ def table(rows, products, projection):
         elif "cpu_ms_per_conn" in r:
             cpu = f"{r['cpu_ms_per_conn']:.3f} CPU-ms/conn"
         value = fmt.format(r["median"]) + " " + unit
-        if r["case"] == "latency":
+        if r["case"] in ("latency", "open-1k"):
             value += f" (p50 {r['p50_us']:.0f})"
         if r["case"] == "rr" and "load_busy" in r:
             value += f" (load side {r['load_busy']:.2f} CPU)"
@@ -366,6 +375,7 @@ def main():
     ap.add_argument("--rr-count", type=int, default=5000)
     ap.add_argument("--latency-count", type=int, default=1000)
     ap.add_argument("--latency-rate", type=float, default=500.0, help="connections per second in the latency case")
+    ap.add_argument("--open-exchanges", type=int, default=5000, help="exchanges on the open connection of open-1k")
     ap.add_argument("--layout", choices=("pinned", "unpinned"), default="pinned")
     ap.add_argument("--proxy-cpus", default="1")
     ap.add_argument("--client-cpus", default="0")
@@ -391,6 +401,8 @@ def main():
     t_start = time.monotonic()
     bulk = Sink(cpus["client"], args.start_timeout, flags=["--discard", "trunc"])
     rr = Sink(cpus["client"], args.start_timeout, mode="rr")
+    open_rr = Sink(cpus["client"], args.start_timeout, mode="rr", flags=["--exchanges", str(args.open_exchanges)])
+    sinks = (bulk, rr, open_rr)
     try:
         for rep, product in rotated(products, args.reps):
             if overall.left() <= 0:
@@ -398,18 +410,18 @@ def main():
                 break
             tag = f"{product}-r{rep + 1}"
             try:
-                proc = start_product(product, args, workdir, (bulk.port, rr.port), cpus["proxy"], tag)
+                proc = start_product(product, args, workdir, [x.port for x in sinks], cpus["proxy"], tag)
             except RuntimeError as e:
                 problems.append(f"{tag}: {e}")
                 continue
             try:
                 if rep == 0 and product not in spliced and proc is not None:
-                    spliced[product] = splice_calls(args, product, proc, (bulk, rr), cpus)
+                    spliced[product] = splice_calls(args, product, proc, sinks, cpus)
                 for name in case_names:
                     if name.startswith("idle"):
-                        r = idle_case(args, name, product, workdir, (bulk, rr), cpus, f"{tag}-{name}")
+                        r = idle_case(args, name, product, workdir, sinks, cpus, f"{tag}-{name}")
                     else:
-                        r = one_case(args, name, product, proc, (bulk, rr), cpus)
+                        r = one_case(args, name, product, proc, sinks, cpus)
                     r["rep"] = rep + 1
                     results.append(r)
                     key, unit, fmt, _ = METRICS[name]
@@ -424,8 +436,8 @@ def main():
                     if killed:
                         problems.append(f"{tag}: {product} did not exit within 5 s of SIGTERM")
     finally:
-        bulk.stop()
-        rr.stop()
+        for x in sinks:
+            x.stop()
 
     rows = summarize(results, case_names, products)
     projection = idle_projection(rows)
@@ -440,7 +452,8 @@ def main():
     print(f"- bulk: {fmt_size(parse_size(args.bulk_bytes))} per run (ClientHello, then raw bytes; the sink drops "
           f"them with MSG_TRUNC); rr: {args.rr_count} connections, 32 at a time, 1 KiB each way; latency: "
           f"{args.latency_count} connections at {args.latency_rate:.0f}/s, from scheduled start to last response "
-          "byte; idle: RSS growth of a freshly started proxy (process and children) with 1k and 8k idle relayed "
+          f"byte; open-1k: {args.open_exchanges} exchanges of 1 KiB each way, one after the other, on one open "
+          "connection, from each request to the last byte of its response; idle: RSS growth of a freshly started proxy (process and children) with 1k and 8k idle relayed "
           "connections, per connection, and its total RSS (cvmgate sizes its connection table from the "
           "descriptor limit at start, so that part is in its starting RSS)")
     print("- rr's \"load side\" is the CPU loadgen and the sink used per second of the run: where it is as many "

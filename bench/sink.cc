@@ -3,7 +3,8 @@
 // Modes:
 //   sink  read and discard everything until EOF, then close.
 //   rr    skip the TLS ClientHello (by its record and handshake lengths), read a
-//         --req-bytes request, write a --resp-bytes response, close.
+//         --req-bytes request, write a --resp-bytes response, close; with --exchanges K,
+//         answer K requests on the connection before closing it.
 // Prints "ready" on stdout once listening. SIGUSR1 prints a JSON line of
 // counters and CPU seconds so far on stdout; SIGTERM or SIGINT prints the final counters and CPU
 // seconds as JSON on stderr and exits.
@@ -54,7 +55,7 @@ uint8_t pattern_byte(size_t i) {
   std::fprintf(stderr, "sink: %s\n", msg.c_str());
   std::fprintf(stderr,
                "usage: sink sink|rr --listen ADDR:PORT [--discard read|trunc] [--verify]\n"
-               "            [--req-bytes N] [--resp-bytes N]\n");
+               "            [--req-bytes N] [--resp-bytes N] [--exchanges K]\n");
   std::exit(3);
 }
 
@@ -122,6 +123,7 @@ struct Options {
   bool verify = false;
   size_t req_bytes = 1024;
   size_t resp_bytes = 1024;
+  uint64_t exchanges = 1;
 };
 
 struct Conn {
@@ -129,7 +131,8 @@ struct Conn {
   HelloSkipper hello;
   bool need_hello = false;
   uint64_t bytes = 0;     // all bytes read, hello included
-  uint64_t payload = 0;   // bytes after the hello
+  uint64_t payload = 0;   // bytes after the hello (rr: of the current request)
+  uint64_t answered = 0;  // rr: requests answered on this connection
 };
 
 struct Stats {
@@ -330,6 +333,10 @@ class Server {
       off += static_cast<size_t>(n);
     }
     ++st_.responses;
+    if (++c.answered < o_.exchanges) {
+      c.payload = 0;  // the next request, which repeats the pattern from its start
+      return;
+    }
     close_conn(c);
   }
 
@@ -415,6 +422,9 @@ Options parse_args(int argc, char** argv) {
       o.req_bytes = static_cast<size_t>(parse_size(val()));
     } else if (a == "--resp-bytes") {
       o.resp_bytes = static_cast<size_t>(parse_size(val()));
+    } else if (a == "--exchanges") {
+      o.exchanges = parse_size(val());
+      if (o.exchanges == 0) die_usage("--exchanges must be > 0");
     } else {
       die_usage("unknown option " + a);
     }

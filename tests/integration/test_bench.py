@@ -22,9 +22,10 @@ def harness(*args):
 
 def test_passthrough_harness(cvmgate_bin):
     out = harness(REPO / "bench" / "passthrough.py", "--cvmgate", cvmgate_bin, "--products", "direct,cvmgate",
-                  "--cases", "bulk-1,rr,latency,idle-1k", "--reps", "1", "--bulk-bytes", "16MiB", "--rr-count", "200",
-                  "--latency-count", "50", "--layout", "unpinned")
-    for row in ("| bulk-1 | cvmgate |", "| rr | cvmgate |", "| latency | cvmgate |", "| idle-1k | cvmgate |"):
+                  "--cases", "bulk-1,rr,latency,open-1k,idle-1k", "--reps", "1", "--bulk-bytes", "16MiB",
+                  "--rr-count", "200", "--latency-count", "50", "--open-exchanges", "100", "--layout", "unpinned")
+    for row in ("| bulk-1 | cvmgate |", "| rr | cvmgate |", "| latency | cvmgate |", "| open-1k | cvmgate |",
+                "| idle-1k | cvmgate |"):
         assert row in out, out
     assert "FAILED" not in out and "No errors" in out, out
 
