@@ -222,6 +222,7 @@ def one_case(args, name, product, proc, sinks, cpus):
         streams = 1 if name == "bulk-1" else 8
         nbytes = parse_size(args.bulk_bytes) // streams
         s0 = bulk.stats()
+        sink_t0 = tree_ticks(bulk.p.pid)
         res, err = loadgen(args, cpus["client"], port_of(bulk), "bulk",
                            ["--conns", str(streams), "--bytes", str(nbytes), "--sni", sni(bulk.port)],
                            args.run_timeout)
@@ -231,6 +232,8 @@ def one_case(args, name, product, proc, sinks, cpus):
             if s1["bytes"] - s0["bytes"] != want:
                 err = f"sink saw {s1['bytes'] - s0['bytes']} bytes, expected {want}"
             r.update(gbps=res["gbps"], payload_bytes=res["payload_bytes"])
+            if res.get("wall_s"):
+                r["load_busy"] = (res.get("cpu_s", 0.0) + (tree_ticks(bulk.p.pid) - sink_t0) / CLK_TCK) / res["wall_s"]
     elif name == "open-1k":
         extra = ["--count", "1", "--conns", "1", "--exchanges", str(args.open_exchanges), "--sni",
                  sni(open_rr.port)]
@@ -348,7 +351,7 @@ def table(rows, products, projection):
         value = fmt.format(r["median"]) + " " + unit
         if r["case"] in ("latency", "open-1k"):
             value += f" (p50 {r['p50_us']:.0f})"
-        if r["case"] == "rr" and "load_busy" in r:
+        if r["case"] in ("rr", "bulk-1", "bulk-8") and "load_busy" in r:
             value += f" (load side {r['load_busy']:.2f} CPU)"
         if r["case"].startswith("idle") and "rss_mib" in r:
             value += f" ({r['rss_mib']:.0f} MiB total)"
@@ -456,9 +459,9 @@ def main():
           "connection, from each request to the last byte of its response; idle: RSS growth of a freshly started proxy (process and children) with 1k and 8k idle relayed "
           "connections, per connection, and its total RSS (cvmgate sizes its connection table from the "
           "descriptor limit at start, so that part is in its starting RSS)")
-    print("- rr's \"load side\" is the CPU loadgen and the sink used per second of the run: where it is as many "
-          "CPUs as the load side has, the load side bounds conn/s, and CPU-ms/conn is the figure that compares "
-          "the proxies")
+    print("- \"load side\" (bulk, rr) is the CPU loadgen and the sink used per second of the run: where it is as "
+          "many CPUs as the load side has, the load side bounds the rate, and the proxy's CPU per unit of work is "
+          "the figure that compares the proxies")
     if spliced:
         shown = ", ".join(f"{p} {'n/a' if c is None else c}" for p, c in spliced.items())
         print(f"- splice(2) calls during one 64 MiB stream, by strace: {shown}")
