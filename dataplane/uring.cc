@@ -63,10 +63,14 @@ absl::Status Uring::Init(uint32_t entries, RingTaskRun taskrun) {
   return absl::OkStatus();
 }
 
-void Uring::Start() {
+absl::Status Uring::Start() {
   // io_uring_enable_rings, which Debian's liburing 2.3 declares but does not export.
-  if (taskrun_ == RingTaskRun::kDefer) syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
+  if (taskrun_ == RingTaskRun::kDefer &&
+      syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) != 0) {
+    return absl::InternalError(absl::StrCat("io_uring: enabling the ring: ", std::strerror(errno)));
+  }
   (void)io_uring_register_ring_fd(&ring_);  // an optimisation: without it, io_uring_enter looks the fd up
+  return absl::OkStatus();
 }
 
 io_uring_sqe* Uring::Sqe() {

@@ -25,7 +25,7 @@ class Uring final : public Ring {
   absl::Status Init(uint32_t entries, RingTaskRun taskrun = RingTaskRun::kAuto);
   // On the thread that submits from now on: enables the ring, and registers its descriptor (each
   // io_uring_enter then skips looking it up).
-  void Start();
+  absl::Status Start();
   // The task-work mode the ring was created with (never kAuto).
   RingTaskRun taskrun() const { return taskrun_; }
 

@@ -131,9 +131,10 @@ void Worker::ArmWake() { ring_.Read({Op::kWake, 0, 0}, wake_fd_.get(), &wake_val
 void Worker::Run() {
   pthread_setname_np(pthread_self(), absl::StrCat("cvmgate-w", index_).c_str());
   DropThreadCapabilities(index_);
-  ring_.Start();  // this thread is the ring's one submitter
+  start_status_ = ring_.Start();  // this thread is the ring's one submitter
   started_.store(true);
   started_.notify_all();
+  if (!start_status_.ok()) return;
   env_.now_ms = MonotonicMs();
   for (size_t i = 0; i < listeners_.size(); ++i) ArmAccept(i);
   ArmWake();

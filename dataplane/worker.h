@@ -1,6 +1,7 @@
 // Data-plane worker: the event loop of one thread. It owns an io_uring, its own SO_REUSEPORT
-// listeners, a connection table (conn/table.h), pools and counters; nothing mutable is shared with
-// other workers. The connections' phases, their transports and the relay live in their own files.
+// listeners, a connection table (conn/table.h), pools and counters; the one thing other workers
+// touch is its inbox of connections handed over (--rebalance). The connections' phases, their
+// transports and the relay live in their own files.
 #pragma once
 
 #include <sys/socket.h>
@@ -36,8 +37,10 @@ class Worker {
   absl::Status Init(std::vector<ListenAddress>& addresses);
   // The thread body: returns once stopped and drained.
   void Run();
-  // Returns once Run() has named its thread and dropped its capabilities.
+  // Returns once Run() has named its thread and dropped its capabilities; then start_status()
+  // says whether it runs (an error: Run() returned at once).
   void WaitStarted() const { started_.wait(false); }
+  const absl::Status& start_status() const { return start_status_; }
   // Thread-safe: stop accepting, let live relays finish (up to --drain-timeout), return from Run().
   void Stop();
 
@@ -89,6 +92,7 @@ class Worker {
   bool inbox_closed_ = false;  // Stop was called: no more are taken (guarded by inbox_mu_)
   std::atomic<uint32_t> handed_{0};
   std::atomic<bool> started_{false};
+  absl::Status start_status_;  // written by Run() before started_
   bool draining_ = false;
   int64_t drain_deadline_ms_ = 0;
   bool drain_cut_ = false;

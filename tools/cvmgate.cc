@@ -289,6 +289,13 @@ int Main(int argc, char** argv) {
     });
   }
   for (auto& w : pool) w->WaitStarted();  // ready means: no worker thread holds a capability
+  for (auto& w : pool) {
+    if (w->start_status().ok()) continue;
+    Log("worker: ", w->start_status().message());
+    for (auto& other : pool) other->Stop();
+    for (auto& t : threads) t.join();
+    return 1;
+  }
   std::vector<std::string> addrs;
   for (auto& l : config.listen) addrs.push_back(l.text);
   Log("admin API on ", (*admin)->address().text);
@@ -296,8 +303,8 @@ int Main(int argc, char** argv) {
   for (int i = 0; i < workers && !cpus.empty(); ++i) worker_cpus.push_back(CpuForWorker(cpus, i));
   Log("ready, listening on ", absl::StrJoin(addrs, " "), " (", workers, " workers ",
       cpus.empty() ? std::string("not pinned") : absl::StrCat("on CPUs ", absl::StrJoin(worker_cpus, ",")),
-      ", splice-mode ",
-      SpliceModeName(config.splice_mode), ", ring task work ", RingTaskRunName(pool[0]->ring_taskrun()), ", max ", per_worker * workers, " connections, base domains ",
+      ", splice-mode ", SpliceModeName(config.splice_mode), ", ring task work ",
+      RingTaskRunName(pool[0]->ring_taskrun()), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
   loop.Run(control, domain, **admin, registry.store().changes_fd());
