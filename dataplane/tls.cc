@@ -104,9 +104,10 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
     return absl::InvalidArgumentError(
         absl::StrCat("--tls-ciphersuites=", policy.ciphersuites, ": no usable TLS 1.3 suite"));
   }
-  // The relay writes from a buffer that may move and accepts partial progress.
+  // The relay writes from a buffer that may move and accepts partial progress. The chain sent is
+  // the chain file's, as it is: OpenSSL does not try to build one from its store per handshake.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                            SSL_MODE_RELEASE_BUFFERS);
+                            SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
   SSL_CTX_set_read_ahead(ctx, 0);
   if (SSL_CTX_use_certificate_chain_file(ctx, spec.chain.c_str()) != 1) {
     return fail(absl::StrCat("cannot load the chain ", spec.chain, ": ", OpenSslError()));
@@ -133,8 +134,11 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
     SSL_CTX_set_ex_data(ctx, TicketIndex(), tickets);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketCallback);
   }
-  // Resumption is stateless (tickets): no per-session cache to share between workers.
+  // Resumption is stateless (tickets): no per-session cache to share between workers. One TLS 1.3
+  // ticket per handshake, not OpenSSL's two: each costs a session copy, its encoding and
+  // encryption, and a record of its own; a client resumes with one.
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(ctx, 1);
   return ctx;
 }
 

@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 import threading
 
 import pytest
@@ -292,6 +293,33 @@ def test_session_resumption_with_tickets(tgw, certs, echo_port, version):
     again = _connect_with(tgw, ctx, name, session)
     assert again.session_reused, "the ticket from the first connection did not resume"
     again.close()
+
+
+def test_a_tls13_handshake_issues_one_ticket(tgw, certs, echo_port):
+    # OpenSSL issues two by default; each costs a session copy, its encryption and a record.
+    name = "app-%d.example.test" % echo_port
+    host, port = tgw.addr
+    p = subprocess.Popen(["openssl", "s_client", "-connect", "%s:%d" % (host, port), "-servername", name,
+                          "-tls1_3", "-CAfile", certs["example.test"][0], "-ign_eof", "-msg"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        p.stdin.write(b"ping-through-gateway\n")
+        p.stdin.flush()
+        # The tickets come right after the handshake, before the echo: once the echo is read, every
+        # ticket has been.
+        text = ""
+        deadline = time.monotonic() + 10
+        while "\nping-through-gateway" not in text and time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            text += line.decode(errors="replace")
+    finally:
+        p.kill()
+        p.wait()
+    assert "Verify return code: 0 (ok)" in text, text
+    assert "\nping-through-gateway" in text, "the echo did not come back:\n" + text
+    assert text.count(", NewSessionTicket") == 1, text
 
 
 def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, echo_port, ctl_bin):
