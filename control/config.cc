@@ -153,7 +153,8 @@ const std::vector<Flag>& Flags() {
       {"handshake-timeout", "DURATION", "5s", "time a terminated client has to finish its TLS handshake",
        DurationFlag("handshake-timeout", &Config::handshake_timeout)},
       {"tls-cert", "DOMAIN=CHAIN,KEY", "",
-       "wildcard certificate chain and key (PEM) that terminate TLS for *.DOMAIN; repeat per base domain",
+       "wildcard certificate chain and key (PEM) that terminate TLS for *.DOMAIN; repeat per base domain, and "
+       "for one domain once per key type (an ECDSA and an RSA one: the client's signature algorithms choose)",
        [](Config& c, const std::string& v) {
          size_t eq = v.find('=');
          size_t comma = v.find(',', eq == std::string::npos ? 0 : eq);

@@ -8,10 +8,12 @@
 #include <openssl/rand.h>
 #include <openssl/x509.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <span>
 
 #include <absl/strings/str_cat.h>
 #include "dataplane/ktls_rx.h"
@@ -76,14 +78,46 @@ int TicketCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPH
   return ok == 1 ? result : -1;
 }
 
-absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned char* alpn, TicketKeys* tickets,
-                                     const TlsPolicy& policy) {
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new: ", OpenSslError()));
+// Loads one chain and key into `ctx`, in the slot of the key's type (ECDSA, RSA, ...): OpenSSL
+// serves the one the client's signature algorithms take.
+absl::Status UseCertificate(SSL_CTX* ctx, const TlsCertSpec& spec, std::vector<int>& key_types) {
   auto fail = [&](const std::string& what) {
-    SSL_CTX_free(ctx);
     return absl::InvalidArgumentError(absl::StrCat("certificate for ", spec.domain, ": ", what));
   };
+  if (SSL_CTX_use_certificate_chain_file(ctx, spec.chain.c_str()) != 1) {
+    return fail(absl::StrCat("cannot load the chain ", spec.chain, ": ", OpenSslError()));
+  }
+  X509* leaf = SSL_CTX_get0_certificate(ctx);
+  const int type = leaf != nullptr ? EVP_PKEY_get_base_id(X509_get0_pubkey(leaf)) : EVP_PKEY_NONE;
+  if (std::find(key_types.begin(), key_types.end(), type) != key_types.end()) {
+    const char* name = type == EVP_PKEY_EC ? "ECDSA" : type == EVP_PKEY_RSA ? "RSA" : OBJ_nid2sn(type);
+    return fail(absl::StrCat(spec.chain, ": a second ", name,
+                             " certificate (one of each key type, e.g. an ECDSA and an RSA one)"));
+  }
+  key_types.push_back(type);
+  FILE* f = std::fopen(spec.key.c_str(), "r");
+  EVP_PKEY* pkey = f ? PEM_read_PrivateKey(f, nullptr, nullptr, nullptr) : nullptr;
+  if (f) std::fclose(f);
+  if (pkey == nullptr) {
+    return fail(absl::StrCat("cannot load the key ", spec.key, ": ", f ? OpenSslError() : std::strerror(errno)));
+  }
+  bool matches = X509_check_private_key(leaf, pkey) == 1 && SSL_CTX_use_PrivateKey(ctx, pkey) == 1;
+  EVP_PKEY_free(pkey);
+  if (!matches) {
+    ERR_clear_error();
+    return fail(absl::StrCat(spec.key, " does not match ", spec.chain));
+  }
+  if (leaf != nullptr && X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+    return fail(absl::StrCat(spec.chain, " has expired"));
+  }
+  return absl::OkStatus();
+}
+
+// A context for one base domain with every certificate given for it.
+absl::StatusOr<SSL_CTX*> MakeContext(std::span<const TlsCertSpec> specs, const unsigned char* alpn,
+                                     TicketKeys* tickets, const TlsPolicy& policy) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return absl::InternalError(absl::StrCat("SSL_CTX_new: ", OpenSslError()));
   SSL_CTX_set_min_proto_version(ctx, policy.min_version);
   // A client that closes without close_notify ends its direction like a FIN
   // (SSL_ERROR_ZERO_RETURN) instead of failing the relay.
@@ -109,24 +143,12 @@ absl::StatusOr<SSL_CTX*> MakeContext(const TlsCertSpec& spec, const unsigned cha
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                             SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
   SSL_CTX_set_read_ahead(ctx, 0);
-  if (SSL_CTX_use_certificate_chain_file(ctx, spec.chain.c_str()) != 1) {
-    return fail(absl::StrCat("cannot load the chain ", spec.chain, ": ", OpenSslError()));
-  }
-  X509* leaf = SSL_CTX_get0_certificate(ctx);
-  FILE* f = std::fopen(spec.key.c_str(), "r");
-  EVP_PKEY* pkey = f ? PEM_read_PrivateKey(f, nullptr, nullptr, nullptr) : nullptr;
-  if (f) std::fclose(f);
-  if (pkey == nullptr) {
-    return fail(absl::StrCat("cannot load the key ", spec.key, ": ", f ? OpenSslError() : std::strerror(errno)));
-  }
-  bool matches = X509_check_private_key(leaf, pkey) == 1 && SSL_CTX_use_PrivateKey(ctx, pkey) == 1;
-  EVP_PKEY_free(pkey);
-  if (!matches) {
-    ERR_clear_error();
-    return fail(absl::StrCat(spec.key, " does not match ", spec.chain));
-  }
-  if (leaf != nullptr && X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
-    return fail(absl::StrCat(spec.chain, " has expired"));
+  std::vector<int> key_types;
+  for (const TlsCertSpec& spec : specs) {
+    if (absl::Status s = UseCertificate(ctx, spec, key_types); !s.ok()) {
+      SSL_CTX_free(ctx);
+      return s;
+    }
   }
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, const_cast<unsigned char*>(alpn));
   if (policy.offload()) CaptureClientTrafficSecret(ctx);  // for TLS 1.3 kTLS RX (dataplane/ktls_rx.cc)
@@ -178,19 +200,22 @@ absl::StatusOr<std::shared_ptr<const TlsContexts>> TlsContexts::Load(const std::
   auto out = std::shared_ptr<TlsContexts>(new TlsContexts());
   out->http_.assign(base_domains.size(), nullptr);
   out->h2_.assign(base_domains.size(), nullptr);
+  // Every certificate of a domain goes into its one context (one per key type).
+  std::vector<std::vector<TlsCertSpec>> per_domain(base_domains.size());
   for (const TlsCertSpec& spec : certs) {
-    size_t index = base_domains.size();
-    for (size_t i = 0; i < base_domains.size(); ++i) {
-      if (base_domains[i] == spec.domain) index = i;
-    }
-    if (index == base_domains.size()) {
+    auto it = std::find(base_domains.begin(), base_domains.end(), spec.domain);
+    if (it == base_domains.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat("certificate for ", spec.domain, ": not one of the --base-domain values"));
     }
-    auto http = MakeContext(spec, kHttp11, tickets, policy);
+    per_domain[it - base_domains.begin()].push_back(spec);
+  }
+  for (size_t index = 0; index < base_domains.size(); ++index) {
+    if (per_domain[index].empty()) continue;
+    auto http = MakeContext(per_domain[index], kHttp11, tickets, policy);
     if (!http.ok()) return http.status();
     out->http_[index] = *http;
-    auto h2 = MakeContext(spec, kH2, tickets, policy);
+    auto h2 = MakeContext(per_domain[index], kH2, tickets, policy);
     if (!h2.ok()) return h2.status();
     out->h2_[index] = *h2;
   }

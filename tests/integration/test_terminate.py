@@ -322,6 +322,54 @@ def test_a_tls13_handshake_issues_one_ticket(tgw, certs, echo_port):
     assert text.count(", NewSessionTicket") == 1, text
 
 
+def _s_client_key_type(gw, name, ca, *extra):
+    """The key type of the certificate the gateway serves to `openssl s_client` with `extra` flags."""
+    host, port = gw.addr
+    out = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % (host, port), "-servername", name,
+                          "-CAfile", ca, *extra], input=b"", capture_output=True, timeout=20)
+    text = out.stdout.decode(errors="replace")
+    assert "Verify return code: 0 (ok)" in text, text
+    for line in text.splitlines():
+        if line.strip().startswith("a:PKEY:"):
+            return line.split("a:PKEY:")[1].split(",")[0].strip()
+    raise AssertionError("no certificate in:\n" + text)
+
+
+def test_an_ecdsa_and_an_rsa_certificate_for_one_domain(make_gateway, certs, echo_port, tmp_path):
+    ecdsa_crt, ecdsa_key = certs["example.test"]
+    rsa_key, rsa_crt = tmp_path / "rsa.key", tmp_path / "rsa.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=*.example.test", "-addext", "subjectAltName=DNS:*.example.test", "-keyout", str(rsa_key),
+                    "-out", str(rsa_crt)], check=True, capture_output=True)
+    both = tmp_path / "both.pem"
+    both.write_bytes(open(ecdsa_crt, "rb").read() + rsa_crt.read_bytes())  # the client trusts either
+    gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [
+                          {"id": "app-i1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
+                      args=["--tls-cert", "example.test=%s,%s" % (ecdsa_crt, ecdsa_key),
+                            "--tls-cert", "example.test=%s,%s" % (rsa_crt, rsa_key)])
+    name = "app-%d.example.test" % echo_port
+    assert _s_client_key_type(gw, name, str(both), "-tls1_3") == "id-ecPublicKey"
+    assert _s_client_key_type(gw, name, str(both), "-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256") == "rsaEncryption"
+    assert _s_client_key_type(gw, name, str(both), "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256") == \
+        "rsaEncryption"
+    assert _s_client_key_type(gw, name, str(both), "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256") == \
+        "id-ecPublicKey"
+    # A reload keeps both.
+    ok, line = gw.reload()
+    assert ok, line
+    assert _s_client_key_type(gw, name, str(both), "-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256") == "rsaEncryption"
+
+
+def test_two_certificates_of_one_key_type_for_one_domain_are_refused(cvmgate_bin, certs, tmp_path):
+    crt, key = certs["example.test"]
+    out = subprocess.run([cvmgate_bin, "--listen", "127.0.0.1:0", "--base-domain", "example.test",
+                          "--state", str(tmp_path / "state.json"), "--admin", "unix:" + str(tmp_path / "a.sock"),
+                          "--tls-cert", "example.test=%s,%s" % (crt, key),
+                          "--tls-cert", "example.test=%s,%s" % (crt, key)], capture_output=True, text=True, timeout=20)
+    assert out.returncode != 0, out
+    assert "a second ECDSA certificate (one of each key type" in out.stderr, out.stderr
+
+
 def test_ticket_keys_rotate_and_old_tickets_stop_resuming(make_gateway, certs, echo_port, ctl_bin):
     crt, key = certs["example.test"]
     gw = make_gateway(state={"version": 1, "apps": {"app": {"instances": [{"id": "a1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
