@@ -19,6 +19,9 @@ unless stated, full handshake on every connection, no session reuse):
   upload-8    8 connections send --bulk-bytes / 8 each
   hs-tls13    --hs-count connections, --hs-conns at a time, 1 KiB each way, TLS 1.3
   hs-tls12    the same over TLS 1.2 (ECDHE-ECDSA-AES128-GCM-SHA256)
+  resume-tls13, resume-tls12
+              the same, each connection resuming the client's first session (a ticket): all but
+              the first --hs-conns are resumed handshakes (the run fails otherwise)
 
 Every repetition starts each product afresh and runs every case against it;
 the order of products rotates with the repetition. Per run it records the
@@ -59,6 +62,10 @@ def cases(args):
                      "kind": "hs"},
         "hs-tls12": {"up": 1024, "down": 1024, "count": args.hs_count, "conns": args.hs_conns, "tls": "1.2",
                      "kind": "hs"},
+        "resume-tls13": {"up": 1024, "down": 1024, "count": args.hs_count, "conns": args.hs_conns, "tls": "1.3",
+                         "kind": "hs", "resume": True},
+        "resume-tls12": {"up": 1024, "down": 1024, "count": args.hs_count, "conns": args.hs_conns, "tls": "1.2",
+                         "kind": "hs", "resume": True},
     }
 
 
@@ -148,6 +155,7 @@ def run_client(args, case, port, cpus):
     cmd = taskset(cpus) + [str(BUILD / "tlsload"), "client", "--connect", f"127.0.0.1:{port}", "--sni", sni,
                            "--up", str(case["up"]), "--down", str(case["down"]), "--count", str(case["count"]),
                            "--conns", str(case["conns"]), "--tls-version", case["tls"],
+                           "--resume", "on" if case.get("resume") else "off",
                            "--timeout", str(args.run_timeout)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.run_timeout + 15)
@@ -160,6 +168,8 @@ def run_client(args, case, port, cpus):
     if p.returncode != 0 or res["connections"] != case["count"] or res["errors"]:
         return res, (f"client rc={p.returncode} connections={res['connections']}/{case['count']} "
                      f"errors={res['errors']} first_error={res['first_error']!r}")
+    if case.get("resume") and res["resumed"] < case["count"] - case["conns"]:
+        return res, f"only {res['resumed']} of {case['count']} connections resumed a session"
     return res, None
 
 
@@ -201,7 +211,7 @@ def summarize(results, layouts, case_names, products):
                 ok = [x for x in results if x["layout"] == layout and x["case"] == name and x["product"] == product
                       and not x["error"]]
                 n = sum(1 for x in results if x["layout"] == layout and x["case"] == name and x["product"] == product)
-                hs = name.startswith("hs")
+                hs = name.startswith(("hs", "resume"))
                 metric = "conns_per_s" if hs else "gbps"
                 vals = [x[metric] for x in ok]
                 row = {"layout": layout, "case": name, "product": product, "ok": len(ok), "n": n, "hs": hs}
@@ -258,7 +268,7 @@ def version_of(cmd):
 def main():
     ap = argparse.ArgumentParser(description="terminate-mode benchmark: cvmgate vs HAProxy vs nginx vs direct TLS")
     add_product_args(ap, PRODUCTS)
-    ap.add_argument("--cases", default="upload,download,upload-8,hs-tls13,hs-tls12")
+    ap.add_argument("--cases", default="upload,download,upload-8,hs-tls13,hs-tls12,resume-tls13,resume-tls12")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--bulk-bytes", default="1GiB", help="bytes per bulk case (split over upload-8's connections)")
     ap.add_argument("--hs-count", type=int, default=3000, help="connections per handshake run")
@@ -313,7 +323,7 @@ def main():
                         r = one_run(args, layout, product, proc, backend, name, all_cases[name], cpus)
                         r["rep"] = rep + 1
                         results.append(r)
-                        hs = name.startswith("hs")
+                        hs = name.startswith(("hs", "resume"))
                         if "gbps" in r:
                             status = (f"{r['conns_per_s']:.0f} conn/s" if hs else f"{r['gbps']:.3f} GB/s")
                             status += f", proxy {r['proxy_cpu_s']:.2f} CPU-s"

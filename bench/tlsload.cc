@@ -13,7 +13,8 @@
 // The client speaks TLS (OpenSSL, non-blocking, one epoll thread); the server
 // speaks plain TCP behind a terminating proxy, or TLS with --tls (the direct
 // baseline: no proxy at all). The client runs --count connections, --conns at a
-// time; each does a full handshake (no session reuse), the exchange, and waits
+// time; each does a full handshake (with --resume on, resumes the first session
+// it got, so all but the first --conns resume), the exchange, and waits
 // for the server's close. It prints one JSON line: connections, payload bytes,
 // wall seconds, GB/s, connections/s, latency percentiles, CPU seconds, the TLS
 // version and suite negotiated. Exit status: 0 ok, 1 errors, 2 timeout, 3 usage.
@@ -84,7 +85,7 @@ double CpuSeconds() {
   std::fprintf(stderr, "tlsload: %s\n", msg.c_str());
   std::fprintf(stderr,
                "usage: tlsload client --connect ADDR:PORT --sni NAME [--up N] [--down N] [--count N]\n"
-               "                      [--conns C] [--tls-version 1.2|1.3] [--ciphersuites S] [--ciphers S]\n"
+               "                      [--conns C] [--tls-version 1.2|1.3] [--ciphersuites S] [--ciphers S] [--resume on]\n"
                "                      [--timeout S]\n"
                "       tlsload serve --listen ADDR:PORT [--tls CERT,KEY]\n"
                "sizes accept K, M, G suffixes (powers of 1024)\n");
@@ -228,6 +229,7 @@ struct ClientOptions {
   std::string ciphersuites = "TLS_AES_128_GCM_SHA256";
   std::string ciphers = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
   double timeout = 120;
+  bool resume = false;
 };
 
 struct ClientConn {
@@ -309,6 +311,12 @@ class Client {
     c->s.ssl = SSL_new(ctx_);
     SSL_set_fd(c->s.ssl, fd);
     SSL_set_tlsext_host_name(c->s.ssl, o_.sni.c_str());
+    if (session_ != nullptr) {
+      // Each connection its own copy: one freed without a shutdown marks its session not resumable.
+      SSL_SESSION* copy = SSL_SESSION_dup(session_);
+      SSL_set_session(c->s.ssl, copy);
+      SSL_SESSION_free(copy);
+    }
     c->s.read_wants_write = true;  // wait for the connect to finish
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLOUT;
@@ -326,6 +334,12 @@ class Client {
       if (version_.empty()) {
         version_ = SSL_get_version(c.s.ssl);
         suite_ = SSL_CIPHER_get_name(SSL_get_current_cipher(c.s.ssl));
+      }
+      if (SSL_session_reused(c.s.ssl)) ++resumed_;
+      if (o_.resume && session_ == nullptr) {
+        // A copy, for the same reason. TLS 1.3: the ticket came before the server's close.
+        SSL_SESSION* got = SSL_get0_session(c.s.ssl);
+        if (got != nullptr && SSL_SESSION_is_resumable(got)) session_ = SSL_SESSION_dup(got);
       }
     }
     epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
@@ -408,10 +422,11 @@ class Client {
     std::printf(
         "{\"connections\":%" PRIu64 ",\"handshakes\":%" PRIu64 ",\"payload_bytes\":%" PRIu64
         ",\"wall_s\":%.6f,\"gbps\":%.4f,\"conns_per_s\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f"
-        ",\"cpu_s\":%.3f,\"version\":\"%s\",\"suite\":\"%s\",\"errors\":%" PRIu64 ",\"first_error\":\"%s\"}\n",
+        ",\"cpu_s\":%.3f,\"version\":\"%s\",\"suite\":\"%s\",\"resumed\":%" PRIu64 ",\"errors\":%" PRIu64
+        ",\"first_error\":\"%s\"}\n",
         done_, handshakes_, payload_, wall, static_cast<double>(payload_) / 1e9 / wall,
         static_cast<double>(done_) / wall, pct(0.5), pct(0.99), latencies_.empty() ? 0.0 : latencies_.back() * 1e3,
-        cpu, version_.c_str(), suite_.c_str(), errors_, err.c_str());
+        cpu, version_.c_str(), suite_.c_str(), resumed_, errors_, err.c_str());
   }
 
   ClientOptions o_;
@@ -420,8 +435,9 @@ class Client {
   std::vector<uint8_t> rbuf_;
   std::unordered_map<int, std::unique_ptr<ClientConn>> live_;
   Clock::time_point t0_;
-  uint64_t started_ = 0, done_ = 0, handshakes_ = 0, payload_ = 0, errors_ = 0;
+  uint64_t started_ = 0, done_ = 0, handshakes_ = 0, payload_ = 0, errors_ = 0, resumed_ = 0;
   bool timed_out_ = false;
+  SSL_SESSION* session_ = nullptr;  // --resume: the session every later connection resumes
   std::string first_error_, version_, suite_;
   std::vector<double> latencies_;
 };
@@ -637,6 +653,9 @@ int main(int argc, char** argv) {
     o.ciphersuites = take("ciphersuites", o.ciphersuites);
     o.ciphers = take("ciphers", o.ciphers);
     o.timeout = std::atof(take("timeout", "120").c_str());
+    std::string resume = take("resume", "off");
+    if (resume != "on" && resume != "off") Usage("--resume must be on or off");
+    o.resume = resume == "on";
     if (!opts.empty()) Usage("unknown flag --" + opts.begin()->first);
     if (o.tls_version != "1.2" && o.tls_version != "1.3") Usage("--tls-version must be 1.2 or 1.3");
     if (o.count == 0 || o.conns == 0) Usage("--count and --conns must be at least 1");

@@ -32,9 +32,11 @@ def test_passthrough_harness(cvmgate_bin):
 
 def test_terminate_harness(cvmgate_bin):
     out = harness(REPO / "bench" / "terminate.py", "--cvmgate", cvmgate_bin, "--products", "direct,cvmgate",
-                  "--cases", "upload,download,hs-tls13", "--reps", "1", "--bulk-bytes", "8MiB", "--hs-count", "50",
+                  "--cases", "upload,download,hs-tls13,resume-tls13", "--reps", "1", "--bulk-bytes", "8MiB",
+                  "--hs-count", "50",
                   "--layouts", "unpinned")
-    for row in ("| unpinned | upload | cvmgate |", "| unpinned | hs-tls13 | cvmgate |"):
+    for row in ("| unpinned | upload | cvmgate |", "| unpinned | hs-tls13 | cvmgate |",
+                "| unpinned | resume-tls13 | cvmgate |"):
         assert row in out, out
     assert "FAILED" not in out and "No errors" in out, out
 
