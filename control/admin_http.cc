@@ -30,6 +30,9 @@ constexpr size_t kMaxBodyBytes = 64 * 1024;
 // An imported registry (cvmgatectl import) is a whole state file: about 120 bytes an instance.
 constexpr size_t kMaxImportBytes = 16 * 1024 * 1024;
 constexpr std::string_view kImportRequest = "POST /v1/import ";
+size_t MaxBodyBytes(const std::string& request) {
+  return request.compare(0, kImportRequest.size(), kImportRequest) == 0 ? kMaxImportBytes : kMaxBodyBytes;
+}
 constexpr size_t kMaxClients = 64;
 constexpr int64_t kClientTimeoutMs = 5000;
 
@@ -302,8 +305,7 @@ bool AdminServer::Serve(Client& c) {
       ssize_t n = read(c.fd.get(), buf, sizeof(buf));
       if (n > 0) {
         c.in.append(buf, n);
-        bool import = c.in.compare(0, kImportRequest.size(), kImportRequest) == 0;
-        if (c.in.size() > kMaxHeaderBytes + (import ? kMaxImportBytes : kMaxBodyBytes)) break;
+        if (c.in.size() > kMaxHeaderBytes + MaxBodyBytes(c.in)) break;
         continue;
       }
       if (n == 0) return false;  // the client left before finishing its request
@@ -311,8 +313,7 @@ bool AdminServer::Serve(Client& c) {
       return false;
     }
     HttpRequest req;
-    bool import = c.in.compare(0, kImportRequest.size(), kImportRequest) == 0;
-    auto used = ParseHttpRequest(c.in, import ? kMaxImportBytes : kMaxBodyBytes, req);
+    auto used = ParseHttpRequest(c.in, MaxBodyBytes(c.in), req);
     if (!used.ok()) {
       int status = used.status().code() == absl::StatusCode::kOutOfRange ? 413 : 400;
       c.out = Serialize(ErrorResponse(status, std::string(used.status().message())));

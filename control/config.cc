@@ -3,6 +3,8 @@
 
 #include <cstring>
 #include <functional>
+#include <utility>
+#include <vector>
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
@@ -55,6 +57,23 @@ auto IntFlag(const char* name, T Config::*field, int64_t min, int64_t max) {
     }
     c.*field = static_cast<T>(n);
     return absl::OkStatus();
+  };
+}
+
+// A flag that takes one of a few words, each setting `field` to its value; any other word is
+// refused with the list ("expected inline, uring or copy").
+template <typename T>
+auto ChoiceFlag(const char* name, T Config::*field, std::vector<std::pair<std::string, T>> choices) {
+  return [=](Config& c, const std::string& v) {
+    std::string want = "expected ";
+    for (size_t i = 0; i < choices.size(); ++i) {
+      if (choices[i].first == v) {
+        c.*field = choices[i].second;
+        return absl::OkStatus();
+      }
+      absl::StrAppend(&want, i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ", choices[i].first);
+    }
+    return Bad(name, v, want);
   };
 }
 
@@ -114,11 +133,8 @@ const std::vector<Flag>& Flags() {
       {"wg-interface", "NAME", "", "WireGuard interface to the CVMs; created when missing (empty: static instances only)",
        StringFlag(&Config::wg_interface)},
       {"wg-backend", "auto|netlink|uapi", "auto", "kernel WireGuard over netlink, or wireguard-go's UAPI socket",
-       [](Config& c, const std::string& v) {
-         if (v != "auto" && v != "netlink" && v != "uapi") return Bad("wg-backend", v, "expected auto, netlink or uapi");
-         c.wg_backend = v;
-         return absl::OkStatus();
-       }},
+       ChoiceFlag<std::string>("wg-backend", &Config::wg_backend,
+                               {{"auto", "auto"}, {"netlink", "netlink"}, {"uapi", "uapi"}})},
       {"wg-private-key-file", "FILE", "",
        "the gateway's WireGuard private key (base64); generated and written 0600 when the file does not exist",
        StringFlag(&Config::wg_private_key_file)},
@@ -143,11 +159,7 @@ const std::vector<Flag>& Flags() {
       {"cpu-affinity", "auto|off", "auto",
        "auto pins worker N to the Nth CPU this process may run on (in turn when workers outnumber them); "
        "off leaves them to the scheduler",
-       [](Config& c, const std::string& v) {
-         if (v != "auto" && v != "off") return Bad("cpu-affinity", v, "expected auto or off");
-         c.pin_workers = v == "auto";
-         return absl::OkStatus();
-       }},
+       ChoiceFlag<bool>("cpu-affinity", &Config::pin_workers, {{"auto", true}, {"off", false}})},
       {"hello-timeout", "DURATION", "5s", "time a client has to send its whole ClientHello",
        DurationFlag("hello-timeout", &Config::hello_timeout)},
       {"handshake-timeout", "DURATION", "5s", "time a terminated client has to finish its TLS handshake",
@@ -214,32 +226,19 @@ const std::vector<Flag>& Flags() {
        DurationFlag("drain-timeout", &Config::drain_timeout)},
       {"splice-mode", "inline|uring|copy", "inline",
        "relay engine: splice inline after an io_uring poll, IORING_OP_SPLICE, or a userspace copy",
-       [](Config& c, const std::string& v) {
-         if (v == "inline") c.splice_mode = SpliceMode::kInline;
-         else if (v == "uring") c.splice_mode = SpliceMode::kUring;
-         else if (v == "copy") c.splice_mode = SpliceMode::kCopy;
-         else return Bad("splice-mode", v, "expected inline, uring or copy");
-         return absl::OkStatus();
-       }},
+       ChoiceFlag<SpliceMode>("splice-mode", &Config::splice_mode,
+                              {{"inline", SpliceMode::kInline}, {"uring", SpliceMode::kUring},
+                               {"copy", SpliceMode::kCopy}})},
       {"ring-taskrun", "auto|defer|coop|off", "auto",
        "how a worker's io_uring hands it completions: deferred to the worker's own wait (single issuer, Linux "
        "6.1), cooperatively, or interrupting it as they come; auto takes the first the kernel has",
-       [](Config& c, const std::string& v) {
-         if (v == "auto") c.ring_taskrun = RingTaskRun::kAuto;
-         else if (v == "defer") c.ring_taskrun = RingTaskRun::kDefer;
-         else if (v == "coop") c.ring_taskrun = RingTaskRun::kCoop;
-         else if (v == "off") c.ring_taskrun = RingTaskRun::kOff;
-         else return Bad("ring-taskrun", v, "expected auto, defer, coop or off");
-         return absl::OkStatus();
-       }},
+       ChoiceFlag<RingTaskRun>("ring-taskrun", &Config::ring_taskrun,
+                               {{"auto", RingTaskRun::kAuto}, {"defer", RingTaskRun::kDefer},
+                                {"coop", RingTaskRun::kCoop}, {"off", RingTaskRun::kOff}})},
       {"rebalance", "on|off", "on",
        "with several workers, one holding more connections than another hands new ones to it (SO_REUSEPORT's "
        "hash may put a few long-lived connections on one worker while another idles)",
-       [](Config& c, const std::string& v) {
-         if (v != "on" && v != "off") return Bad("rebalance", v, "expected on or off");
-         c.rebalance = v == "on";
-         return absl::OkStatus();
-       }},
+       ChoiceFlag<bool>("rebalance", &Config::rebalance, {{"on", true}, {"off", false}})},
       {"pipe-size", "BYTES", "1048576",
        "capacity of each relay pipe (F_SETPIPE_SZ); pipes are pooled, so few exist at once; 0 keeps 64 KiB",
        IntFlag("pipe-size", &Config::pipe_size, 0, 1 << 26)},

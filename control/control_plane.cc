@@ -208,6 +208,7 @@ absl::Status ControlPlane::Reload() {
   auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_, options_.tls_policy);
   if (!tls.ok()) return tls.status();
   if (auto s = registry_.Load(); !s.ok()) return s;
+  catch_ups_seen_ = registry_.catch_ups();  // published below
   tls_ = *std::move(tls);
   ++certificate_reloads_;
   ++registry_version_;

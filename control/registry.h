@@ -209,7 +209,6 @@ class Registry {
                                              std::string_view ports);
   absl::StatusOr<Registration> DeregisterOnce(std::string_view id);
   absl::StatusOr<bool> SetAppSettingsOnce(std::string_view app, const AppSettings& settings);
-  // Adds `reg` as it is (its address included), by the rules Register follows.
   // Adds the instances of `batch` not here yet (as they are, addresses included) in one write;
   // counts into `out` those added and those already here alike. Nothing is added on error.
   absl::StatusOr<bool> ImportBatchOnce(std::span<const Registration> batch, Imported& out);

@@ -126,8 +126,13 @@ void Uring::Read(Tag tag, int fd, void* buf, uint32_t len) {
 
 void Uring::SubmitAndWait(int64_t wait_ms) {
   if (wait_ms == 0) {
-    // Also runs the completions' deferred task work, which only a wait would otherwise.
-    io_uring_submit_and_get_events(&ring_);
+    // A deferred ring runs its completions' task work only when asked to get events; the others
+    // run it on their own, and a submit without SQEs stays out of the kernel.
+    if (taskrun_ == RingTaskRun::kDefer) {
+      io_uring_submit_and_get_events(&ring_);
+    } else {
+      io_uring_submit(&ring_);
+    }
     return;
   }
   __kernel_timespec ts{wait_ms / 1000, (wait_ms % 1000) * 1000000};
