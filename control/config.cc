@@ -204,6 +204,25 @@ const std::vector<Flag>& Flags() {
          c.tls_policy.ktls = v == "auto";
          return absl::OkStatus();
        }},
+      {"ktls-after-bytes", "BYTES", "262144",
+       "a terminated connection starts in userspace TLS and moves to kTLS once it has relayed this many "
+       "bytes (both directions) or reached --ktls-after; 0 moves it at the handshake",
+       [](Config& c, const std::string& v) {
+         uint64_t n;
+         if (!absl::SimpleAtoi(v, &n)) return Bad("ktls-after-bytes", v, "expected a whole number of bytes");
+         c.tls_policy.ktls_after.bytes = n;
+         return absl::OkStatus();
+       }},
+      {"ktls-after", "DURATION", "2s",
+       "or once it has lived this long (checked when its bytes move)",
+       [](Config& c, const std::string& v) {
+         absl::Duration d;
+         if (!absl::ParseDuration(v, &d) || d <= absl::ZeroDuration()) {
+           return Bad("ktls-after", v, "expected a positive duration such as 500ms, 2s or 1m");
+         }
+         c.tls_policy.ktls_after.ms = absl::ToInt64Milliseconds(d);
+         return absl::OkStatus();
+       }},
       {"ticket-key-rotation", "DURATION", "1h",
        "session-ticket key lifetime: tickets resume for up to two periods, then need a full handshake",
        DurationFlag("ticket-key-rotation", &Config::ticket_key_rotation)},
@@ -289,6 +308,8 @@ WorkerOptions WorkerOptionsOf(const Config& config) {
   o.pipe_size = config.pipe_size;
   o.backend_rcvbuf = config.backend_rcvbuf;
   o.ktls = config.tls_policy.ktls;
+  if (config.tls_policy.offload_later()) o.ktls_after = config.tls_policy.ktls_after;
+  else o.ktls_after.bytes = 0;
   return o;
 }
 

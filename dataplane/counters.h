@@ -28,6 +28,12 @@ namespace cvmgate {
   X(closed_tls_alert, "kTLS relays closed by an alert from the client")                   \
   X(closed_tls_keyupdate, "kTLS relays closed on a TLS 1.3 KeyUpdate (the kernel cannot rekey)") \
   X(ktls_fallback_disabled, "kTLS not tried: --ktls off")                                  \
+  X(ktls_later, "terminated relays started in userspace TLS, to move to kTLS at the threshold") \
+  X(ktls_later_bytes, "relays moved to kTLS both ways on reaching --ktls-after-bytes")    \
+  X(ktls_later_time, "relays moved to kTLS both ways on reaching --ktls-after")           \
+  X(ktls_later_rx_only, "relays moved to kTLS for the client's records only (TLS_TX refused)") \
+  X(ktls_later_failed, "relays that reached the threshold but stayed in userspace TLS")   \
+  X(relay_spliced_after_ktls, "relay directions that went from copy to splice when kTLS took over") \
   X(closed_overload, "connections refused: --max-connections reached")                    \
   X(closed_hello_timeout, "no complete ClientHello within --hello-timeout")               \
   X(hello_read_not_peeked, "ClientHellos cut into so many pieces that they were read, then replayed") \

@@ -40,6 +40,15 @@ struct TlsCertSpec {
   std::string key;     // PEM private key
 };
 
+// When a terminated connection moves from userspace TLS to kTLS: once it has relayed `bytes` (both
+// directions together) or lived `ms`, whichever comes first, checked as its bytes move. bytes 0:
+// at the handshake (OpenSSL installs it).
+struct KtlsThreshold {
+  uint64_t bytes = 256 * 1024;
+  int64_t ms = 2'000;
+  bool operator==(const KtlsThreshold&) const = default;
+};
+
 // What terminated clients may negotiate (OpenSSL syntax for the lists).
 struct TlsPolicy {
   int min_version = 0x0303;  // TLS1_2_VERSION; 0x0304 for TLS 1.3 only
@@ -47,7 +56,10 @@ struct TlsPolicy {
   std::string ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
   bool ktls = true;        // offload record crypto to the kernel where it can (--ktls)
   bool kernel_tls = true;  // the start-up probe found kTLS; false skips even trying
+  KtlsThreshold ktls_after;  // --ktls-after-bytes, --ktls-after
   bool offload() const { return ktls && kernel_tls; }
+  // Connections start in userspace TLS and move to kTLS at the threshold (else at the handshake).
+  bool offload_later() const { return offload() && ktls_after.bytes > 0; }
 };
 
 // One worker's settings. The defaults are the daemon's flag defaults (a unit test holds them equal).
@@ -67,6 +79,7 @@ struct WorkerOptions {
   uint32_t pipe_size = 1 << 20;       // a fast flow's pipe; 0 keeps 64 KiB
   uint32_t backend_rcvbuf = 1 << 20;  // SO_RCVBUF of connections to instances; 0: the kernel's autotuning
   bool ktls = true;                   // kTLS was asked for (false: counted as ktls_fallback_disabled)
+  KtlsThreshold ktls_after;           // kTLS after a threshold; bytes 0: none (at the handshake, or never)
   bool operator==(const WorkerOptions&) const = default;
 };
 

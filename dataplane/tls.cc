@@ -16,7 +16,7 @@
 #include <span>
 
 #include <absl/strings/str_cat.h>
-#include "dataplane/ktls_rx.h"
+#include "dataplane/ktls.h"
 
 namespace cvmgate {
 namespace {
@@ -123,9 +123,11 @@ absl::StatusOr<SSL_CTX*> MakeContext(std::span<const TlsCertSpec> specs, const u
   // (SSL_ERROR_ZERO_RETURN) instead of failing the relay.
   // SSL_OP_ENABLE_KTLS: where the kernel has kTLS, OpenSSL 3.0 hands the
   // socket's TX (TLS 1.2 and 1.3) and RX (TLS 1.2 only) crypto to it after the
-  // handshake; elsewhere it silently stays in userspace (the relay counts which).
+  // handshake; elsewhere it silently stays in userspace (the relay counts which). With a kTLS
+  // threshold the connection starts in userspace and cvmgate installs kTLS itself later.
+  const bool at_handshake = policy.offload() && !policy.offload_later();
   SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
-                               SSL_OP_IGNORE_UNEXPECTED_EOF | (policy.offload() ? SSL_OP_ENABLE_KTLS : 0));
+                               SSL_OP_IGNORE_UNEXPECTED_EOF | (at_handshake ? SSL_OP_ENABLE_KTLS : 0));
   // By default forward-secret AEAD suites only.
   if (SSL_CTX_set_cipher_list(ctx, policy.ciphers.c_str()) != 1) {
     SSL_CTX_free(ctx);
@@ -151,7 +153,7 @@ absl::StatusOr<SSL_CTX*> MakeContext(std::span<const TlsCertSpec> specs, const u
     }
   }
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, const_cast<unsigned char*>(alpn));
-  if (policy.offload()) CaptureClientTrafficSecret(ctx);  // for TLS 1.3 kTLS RX (dataplane/ktls_rx.cc)
+  if (policy.offload()) TrackKtlsKeys(ctx, policy.offload_later());  // kTLS set up by cvmgate (dataplane/ktls.cc)
   if (tickets != nullptr) {
     SSL_CTX_set_ex_data(ctx, TicketIndex(), tickets);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, TicketCallback);

@@ -10,6 +10,10 @@ namespace {
 RelayConn ViewOf(ConnEnv& env, Conn& c) { return {c.relay, {&c.client, &c.instance}, env.ring, c.slot, c.gen, c.inflight}; }
 
 Step FromRelay(ConnEnv& env, Conn& c, RelayStatus st) {
+  if (c.client.news != Counter::kCount) {  // the client's TLS moved to the kernel (or could not)
+    env.counters.Add(c.client.news);
+    c.client.news = Counter::kCount;
+  }
   if (st.kind == RelayStatus::kFailed) return Step::Close(st.reason);
   if (st.kind == RelayStatus::kFinished) return Step::Close(Counter::relay_done);
   // The idle timer's heap entry is found stale and moved when it pops: relay traffic never touches it.
@@ -18,6 +22,10 @@ Step FromRelay(ConnEnv& env, Conn& c, RelayStatus st) {
 }
 
 void CountTls(ConnEnv& env, const TlsOffload& k) {
+  if (k.later) {
+    env.counters.Add(Counter::ktls_later);
+    return;
+  }
   env.counters.Add(k.tx ? Counter::ktls_tx : Counter::relay_tls_userspace);
   if (k.rx) env.counters.Add(Counter::ktls_rx);
   if (!env.options.ktls) {
@@ -48,7 +56,7 @@ Step BeginRelay(ConnEnv& env, Conn& c) {
   env.counters.Add(c.mode == Mode::kPassthrough ? Counter::routed_passthrough
                    : c.mode == Mode::kGrpc      ? Counter::routed_grpc
                                                 : Counter::routed_terminate);
-  if (c.mode != Mode::kPassthrough) CountTls(env, FinishTlsHandshake(c.client));
+  if (c.mode != Mode::kPassthrough) CountTls(env, FinishTlsHandshake(c.client, env.options.ktls_after));
   RelayConn view = ViewOf(env, c);
   return FromRelay(env, c, env.relay.Start(view));
 }

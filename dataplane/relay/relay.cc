@@ -18,6 +18,7 @@ RelayStatus RelayEngine::Start(RelayConn& c) {
     Direction& x = c.relay.dir[d];
     bool splices = !copy && c.side[d]->splices_in() && c.side[1 - d]->splices_out();
     x.engine = splices ? Direction::Engine::kSplice : Direction::Engine::kCopy;
+    x.may_splice_later = !copy && !splices;
   }
   const bool all_copy =
       c.relay.dir[0].engine == Direction::Engine::kCopy && c.relay.dir[1].engine == Direction::Engine::kCopy;
@@ -79,6 +80,18 @@ RelayStatus RelayEngine::PumpInline(RelayConn& c, int d) {
       x.state = Direction::State::kQueued;
       runq_.push_back({c.slot, c.gen, static_cast<uint8_t>(d)});
       return st;
+    }
+    if (copy && x.may_splice_later && src.splices_in() && dst.splices_out()) {
+      // The connection moved to kTLS between two reads: this direction splices from here on.
+      buffers_.Put(x.buf);
+      x.buf_off = x.buf_len = 0;
+      x.engine = Direction::Engine::kSplice;
+      x.may_splice_later = false;
+      counters_.Add(Counter::relay_spliced_after_ktls);
+      if (mode_ != SpliceMode::kUring) continue;
+      RelayStatus ring = PumpRing(c, d);
+      ring.moved = ring.moved || st.moved;
+      return ring;
     }
     if (!copy && !TakePipe(x)) {
       counters_.Add(Counter::pipe_create_failed);

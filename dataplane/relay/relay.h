@@ -30,6 +30,7 @@ struct Direction {
   Engine engine = Engine::kSplice;
   bool eof = false;   // the source ended; bytes still pending go out first
   bool fast = false;  // the last splice filled its pipe: the next pipe is a large one
+  bool may_splice_later = false;  // copies only because a side cannot splice yet (kTLS after a threshold)
   Pipe pipe;          // splice: taken from the pool only while bytes move
   uint32_t pipe_bytes = 0;
   std::unique_ptr<uint8_t[]> buf;  // copy: taken from the pool only while bytes move

@@ -7,7 +7,8 @@
 
 #include <cerrno>
 
-#include "dataplane/ktls_rx.h"
+#include "dataplane/clock.h"
+#include "dataplane/ktls.h"
 #include "dataplane/transport/plain.h"
 #include "dataplane/transport/transport.h"
 
@@ -90,6 +91,41 @@ void TlsShutdownWrite(Transport& t) {
   PlainShutdownWrite(t);
 }
 
+// kTLS TX set up by cvmgate: OpenSSL no longer encrypts, so the kernel writes the close_notify.
+void KernelShutdownWrite(Transport& t) {
+  SendKernelCloseNotify(t.fd());
+  PlainShutdownWrite(t);
+}
+
+void MoveToKtls(Transport& t);
+
+// Userspace TLS until the threshold: the bytes each call moves count toward it.
+void Progress(Transport& t, size_t n) {
+  Transport::KtlsWait& w = t.ktls_wait;
+  if (!w.due) {
+    w.bytes_left = n >= w.bytes_left ? 0 : w.bytes_left - n;
+    if (w.bytes_left > 0 && MonotonicMs() < w.due_ms) return;
+    w.due = true;
+    w.by_time = w.bytes_left > 0;
+    // From here on OpenSSL stops reading at the end of a record, where the kernel can take over.
+    SSL_set_read_ahead(t.ssl(), 0);
+  }
+  if (!w.write_blocked) MoveToKtls(t);
+}
+
+Io SslReadThenKtls(Transport& t, uint8_t* buf, uint32_t len) {
+  Io io = SslRead(t, buf, len);
+  if (io.status == Io::kBytes) Progress(t, io.bytes);
+  return io;
+}
+
+Io SslWriteThenKtls(Transport& t, const uint8_t* buf, uint32_t len) {
+  Io io = SslWrite(t, buf, len);
+  t.ktls_wait.write_blocked = io.status == Io::kWouldBlock;
+  if (io.status == Io::kBytes) Progress(t, io.bytes);
+  return io;
+}
+
 // One table for each split of the record crypto between OpenSSL and the kernel.
 const TransportOps kTlsOps = {"tls",          SslRead,         SslWrite,          UnsupportedSplice, UnsupportedResult,
                               UnsupportedSplice, UnsupportedResult, TlsShutdownWrite, false, false};
@@ -100,6 +136,35 @@ const TransportOps kKtlsRxOps = {"ktls-rx",      KtlsRead,          SslWrite,   
                                  UnsupportedSplice, UnsupportedResult, TlsShutdownWrite, true,         false};
 const TransportOps kKtlsOps = {"ktls",         KtlsRead,       PlainWrite,           KtlsSpliceIn, KtlsSpliceInResult,
                                PlainSpliceOut, PlainSpliceOutResult, TlsShutdownWrite, true,         true};
+// Userspace until the threshold, then the kernel both ways with keys cvmgate installed (no SSL left).
+const TransportOps kTlsThenKtlsOps = {"tls-then-ktls",   SslReadThenKtls,   SslWriteThenKtls,
+                                      UnsupportedSplice, UnsupportedResult, UnsupportedSplice,
+                                      UnsupportedResult, TlsShutdownWrite,  false,
+                                      false};
+const TransportOps kKtlsLaterOps = {"ktls-later",   KtlsRead,       PlainWrite,           KtlsSpliceIn, KtlsSpliceInResult,
+                                    PlainSpliceOut, PlainSpliceOutResult, KernelShutdownWrite, true,     true};
+
+// The threshold is reached and OpenSSL holds no unsent bytes: the kernel takes the connection once
+// OpenSSL holds no unread ones either.
+void MoveToKtls(Transport& t) {
+  absl::Status why;
+  switch (EngageKtls(t.ssl(), t.fd(), &why)) {
+    case Engaged::kNotNow: return;
+    case Engaged::kBoth:
+      t.set_ops(&kKtlsLaterOps);
+      t.set_ssl(nullptr);  // its buffers and state are no longer needed
+      t.news = t.ktls_wait.by_time ? Counter::ktls_later_time : Counter::ktls_later_bytes;
+      return;
+    case Engaged::kRxOnly:
+      t.set_ops(&kKtlsRxOps);
+      t.news = Counter::ktls_later_rx_only;
+      return;
+    case Engaged::kNever:
+      t.set_ops(&kTlsOps);
+      t.news = Counter::ktls_later_failed;
+      return;
+  }
+}
 
 }  // namespace
 
@@ -154,9 +219,19 @@ HandshakeStep StepTlsHandshake(Transport& t) {
   return step;
 }
 
-TlsOffload FinishTlsHandshake(Transport& t) {
+TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later) {
   SSL* ssl = t.ssl();
   TlsOffload k;
+  if (later.bytes > 0) {
+    // Userspace TLS (read ahead, as below) until the threshold, then kTLS both ways.
+    StartCountingRecords(ssl);
+    t.ktls_wait = {later.bytes, MonotonicMs() + later.ms, false, false, false};
+    SSL_set_default_read_buffer_len(ssl, kTlsReadSize);
+    SSL_set_read_ahead(ssl, 1);
+    t.set_ops(&kTlsThenKtlsOps);
+    k.later = true;
+    return k;
+  }
   // With kTLS TX the kernel encrypts what is written to the client socket, so the
   // backend-to-client direction splices like passthrough; with kTLS RX the client's socket yields
   // plaintext and the other direction splices too, non-data records (close_notify, alerts,

@@ -15,6 +15,7 @@
 
 #include "dataplane/counters.h"
 #include "dataplane/fd.h"
+#include "dataplane/options.h"
 
 namespace cvmgate {
 
@@ -86,6 +87,17 @@ class Transport {
   void set_ops(const TransportOps* ops) { ops_ = ops; }
   void set_ssl(UniqueSsl ssl) { ssl_ = std::move(ssl); }
   bool reading_hello = false;  // TLS: OpenSSL still reads the read hello from memory, not the socket
+  // TLS with kTLS after a threshold: how far this connection is from it.
+  struct KtlsWait {
+    uint64_t bytes_left = 0;
+    int64_t due_ms = 0;
+    bool due = false;            // reached: moves at the first point OpenSSL holds no bytes
+    bool by_time = false;        // reached by --ktls-after rather than by bytes
+    bool write_blocked = false;  // OpenSSL holds part of a record it could not send yet
+  };
+  KtlsWait ktls_wait;
+  // Something the connection's counters should hear (kTLS engaged later); kCount: nothing.
+  Counter news = Counter::kCount;
 
  private:
   const TransportOps* ops_;
@@ -115,10 +127,13 @@ struct TlsOffload {
   bool tx = false;               // the kernel encrypts toward the client
   bool rx = false;               // the kernel decrypts the client's records
   bool tls13_rx_failed = false;  // TLS 1.3 receive keys could not be handed to the kernel
+  bool later = false;            // userspace TLS until the kTLS threshold
 };
 // After the handshake: `t` becomes the TLS transport for the relay, with record crypto in the
 // kernel where it took the keys (kTLS; the directions it covers splice) and in OpenSSL otherwise.
-TlsOffload FinishTlsHandshake(Transport& t);
+// With `later.bytes` > 0 the connection starts in OpenSSL and moves itself to kTLS at the
+// threshold (its `news` says how that went; the relay then splices).
+TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later);
 
 // The size a userspace TLS read (and a copy relay buffer) takes at once.
 inline constexpr uint32_t kTlsReadSize = 64 * 1024;

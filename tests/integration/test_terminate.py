@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -87,7 +88,8 @@ def test_terminated_payload_arrives_intact_both_ways(tgw, echo_port, version):
     assert len(got) == len(payload) + len(trailer(payload)), ex
     assert got == payload + trailer(payload), "bytes differ"
     c = tgw.counters()
-    assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] + c["ktls_tx"] == 1, c
+    # Userspace TLS (no kTLS here), kTLS from the handshake, or moved to kTLS at --ktls-after-bytes.
+    assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] + c["ktls_tx"] + c["ktls_later"] == 1, c
 
 
 def test_client_close_notify_half_closes_and_backend_end_sends_close_notify(tgw, certs, echo_port):
@@ -434,26 +436,44 @@ def _terminated_exchange(gw, echo_port, version, size=1 << 20):
     assert tls_end == "close_notify", tls_end
 
 
-@pytest.mark.skipif(not os.path.exists(TLS_STAT),
-                    reason="this kernel has no TLS module: kTLS is tested in the kernel suite (tools/kernel-lab)")
+needs_ktls = pytest.mark.skipif(not os.path.exists(TLS_STAT),
+                                reason="this kernel has no TLS module: kTLS is tested in the kernel suite "
+                                       "(tools/kernel-lab)")
+
+
+def _gateway(make_gateway, certs, *args):
+    crt, key = certs["example.test"]
+    return make_gateway(base_domains=("example.test",),
+                        state={"version": 1, "apps": {"app": {"instances": [{"id": "app-i1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}},
+                        args=["--tls-cert", "example.test=%s,%s" % (crt, key), *args])
+
+
+@pytest.fixture
+def at_handshake(make_gateway, certs):
+    """kTLS installed at the handshake (OpenSSL's offload), not after a threshold."""
+    return _gateway(make_gateway, certs, "--ktls-after-bytes", "0")
+
+
+@needs_ktls
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
-def test_ktls_offload_is_used(tgw, echo_port, version):
+def test_ktls_offload_is_used(at_handshake, echo_port, version):
     before = tls_stat()
-    _terminated_exchange(tgw, echo_port, version)
+    _terminated_exchange(at_handshake, echo_port, version)
     after = tls_stat()
     assert after["TlsTxSw"] > before["TlsTxSw"], (before, after)
-    counters = tgw.counters()
+    counters = at_handshake.counters()
     assert counters["ktls_tx"] == 1 and counters["relay_tls_userspace"] == 0, counters
     assert counters["relay_splice"] == 1 and counters["relay_copy"] == 0, "both directions should splice: %s" % counters
     # TLS 1.2 RX through OpenSSL, TLS 1.3 RX installed by cvmgate from the traffic secret.
     assert after["TlsRxSw"] > before["TlsRxSw"], (before, after)
     assert counters["ktls_rx"] == 1 and counters["ktls_fallback_tls13_rx"] == 0, counters
+    assert counters["ktls_later"] == 0, counters
 
 
-@pytest.mark.skipif(not os.path.exists(TLS_STAT),
-                    reason="this kernel has no TLS module: kTLS is tested in the kernel suite (tools/kernel-lab)")
-def test_tls13_key_update_on_ktls_closes_cleanly_and_is_counted(tgw, echo_port):
+@needs_ktls
+def test_tls13_key_update_on_ktls_closes_cleanly_and_is_counted(at_handshake, echo_port):
     """Kernels 6.1/6.12 cannot rekey a kTLS RX socket: a client KeyUpdate ends the relay, counted."""
+    tgw = at_handshake
     name = "app-%d.example.test" % echo_port
     client = subprocess.Popen(["openssl", "s_client", "-connect", "%s:%d" % tgw.addr, "-servername", name,
                                "-tls1_3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -465,6 +485,125 @@ def test_tls13_key_update_on_ktls_closes_cleanly_and_is_counted(tgw, echo_port):
         client.stdin.write(b"k\n")  # s_client's command: send a KeyUpdate
         client.stdin.flush()
         tgw.wait_counter("closed_tls_keyupdate", 1, timeout=30)
+    finally:
+        client.kill()
+        client.wait()
+
+
+def _handshake(gw, echo_port, version):
+    c = TlsClient(gw.addr, "app-%d.example.test" % echo_port, timeout=60, tls_version=version)
+    c.connect()
+    c.send_hello()
+    c.finish_handshake()
+    return c
+
+
+def _close_and_check(c, sent):
+    """The client sends close_notify; the echo's trailer and the gateway's close_notify come back."""
+    c.send_close_notify()
+    c.read_until_eof(timeout=60)
+    got, tls_end = bytes(c.plain), c.tls_end
+    c.close()
+    assert got == sent + trailer(sent), "%d bytes back of %d" % (len(got), len(sent) + len(trailer(sent)))
+    assert tls_end == "close_notify", tls_end
+
+
+SUITES = [
+    (ssl.TLSVersion.TLSv1_2, [], "ECDHE-ECDSA-AES256-GCM-SHA384"),
+    (ssl.TLSVersion.TLSv1_2, ["--tls-ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"], "ECDHE-ECDSA-AES128-GCM-SHA256"),
+    (ssl.TLSVersion.TLSv1_2, ["--tls-ciphers", "ECDHE+CHACHA20"], "ECDHE-ECDSA-CHACHA20-POLY1305"),
+    (ssl.TLSVersion.TLSv1_3, [], "TLS_AES_128_GCM_SHA256"),
+    (ssl.TLSVersion.TLSv1_3, ["--tls-ciphersuites", "TLS_AES_256_GCM_SHA384"], "TLS_AES_256_GCM_SHA384"),
+    (ssl.TLSVersion.TLSv1_3, ["--tls-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"], "TLS_CHACHA20_POLY1305_SHA256"),
+]
+
+
+@needs_ktls
+@pytest.mark.parametrize("version,args,suite", SUITES, ids=[s[2] for s in SUITES])
+def test_ktls_after_bytes_moves_a_live_connection_to_the_kernel(make_gateway, certs, echo_port, version, args,
+                                                                suite):
+    gw = _gateway(make_gateway, certs, "--ktls-after-bytes", "65536", *args)
+    before = tls_stat()
+    c = _handshake(gw, echo_port, version)
+    assert c.sslobj.cipher()[0] == suite, c.sslobj.cipher()
+    # Below the threshold: userspace TLS, no kTLS socket yet.
+    first = os.urandom(16384)
+    assert c.echo(first) == first
+    counters = gw.counters()
+    assert counters["ktls_later"] == 1 and counters["ktls_later_bytes"] == 0, counters
+    assert tls_stat()["TlsCurrTxSw"] == before["TlsCurrTxSw"], "kTLS engaged before the threshold"
+    # Across it, both ways at once: the connection moves while bytes flow in both directions.
+    second = os.urandom(3 << 20)
+    assert c.echo(second) == second, "bytes differ across the move to kTLS"
+    gw.wait_counter("ktls_later_bytes", 1)
+    now = tls_stat()
+    assert now["TlsCurrTxSw"] == before["TlsCurrTxSw"] + 1 and now["TlsCurrRxSw"] == before["TlsCurrRxSw"] + 1, \
+        (before, now)
+    # After it: the kernel's records, spliced both ways.
+    third = os.urandom(1 << 20)
+    assert c.echo(third) == third
+    counters = gw.counters()
+    assert counters["relay_spliced_after_ktls"] == 2 and counters["ktls_later_failed"] == 0, counters
+    assert counters["ktls_tx"] == 0 and counters["relay_tls_userspace"] == 0, counters
+    _close_and_check(c, first + second + third)
+
+
+@needs_ktls
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+def test_ktls_after_time_moves_a_slow_connection_to_the_kernel(make_gateway, certs, echo_port, version):
+    gw = _gateway(make_gateway, certs, "--ktls-after-bytes", "1000000000", "--ktls-after", "500ms")
+    c = _handshake(gw, echo_port, version)
+    sent = b""
+    deadline = time.monotonic() + 20
+    while gw.counters()["ktls_later_time"] == 0:  # small exchanges until one comes after the 500 ms
+        assert time.monotonic() < deadline, "no move to kTLS after --ktls-after: %s" % gw.counters()
+        msg = os.urandom(512)
+        assert c.echo(msg) == msg
+        sent += msg
+    assert gw.counters()["ktls_later_bytes"] == 0
+    last = os.urandom(1 << 20)
+    assert c.echo(last) == last
+    _close_and_check(c, sent + last)
+
+
+@needs_ktls
+def test_a_key_update_before_the_threshold_keeps_the_connection_in_userspace(make_gateway, certs, echo_port):
+    """A TLS 1.3 KeyUpdate in userspace changes the keys: the move is refused, counted, bytes intact."""
+    gw = _gateway(make_gateway, certs, "--ktls-after-bytes", "65536")
+    name = "app-%d.example.test" % echo_port
+    client = subprocess.Popen(["openssl", "s_client", "-connect", "%s:%d" % gw.addr, "-servername", name,
+                               "-tls1_3", "-quiet", "-no_ign_eof"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # -quiet: stdout holds only what comes back; -no_ign_eof: it still takes "k" as a command.
+    line = b"~" * 1023 + b"\n"
+    lines = 128  # 128 KiB: past the threshold, after the KeyUpdate
+    try:
+        # s_client's command: send a KeyUpdate. It takes a whole read of its stdin as the command, so
+        # the data goes only once it says it sent the KeyUpdate.
+        client.stdin.write(b"k\n")
+        client.stdin.flush()
+        said = b""
+        deadline = time.monotonic() + 30
+        while b"KEYUPDATE" not in said:
+            assert time.monotonic() < deadline, "s_client said: %r" % said
+            r, _, _ = select.select([client.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            if r:
+                chunk = os.read(client.stderr.fileno(), 4096)
+                assert chunk, "s_client ended: %r" % said
+                said += chunk
+        client.stdin.write(line * lines)
+        client.stdin.flush()
+        echoed = 0
+        while echoed < lines * 1023:
+            assert time.monotonic() < deadline, "echoed %d bytes; %s" % (echoed, gw.counters())
+            r, _, _ = select.select([client.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not r:
+                continue
+            chunk = os.read(client.stdout.fileno(), 65536)
+            assert chunk, "s_client ended after %d echoed bytes" % echoed
+            echoed += chunk.count(b"~")
+        counters = gw.wait_counter("ktls_later_failed", 1)
+        assert counters["ktls_later_bytes"] == 0 and counters["closed_relay_error"] == 0, counters
     finally:
         client.kill()
         client.wait()

@@ -52,6 +52,25 @@ TEST(Config, WorkerOptionsCarryTheFlags) {
   EXPECT_FALSE(o.rebalance);
 }
 
+// kTLS after a threshold only where the kernel has kTLS and it is asked for; 0 bytes: at the
+// handshake.
+TEST(Config, KtlsThresholdReachesTheWorkersOnlyWhereKtlsIsUsed) {
+  auto c = ParseFlags({"--base-domain=example.test", "--ktls-after-bytes=65536", "--ktls-after=750ms"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(WorkerOptionsOf(*c).ktls_after, (KtlsThreshold{65536, 750}));
+  EXPECT_TRUE(c->tls_policy.offload_later());
+  c->tls_policy.kernel_tls = false;  // the probe found no kTLS
+  EXPECT_EQ(WorkerOptionsOf(*c).ktls_after.bytes, 0u);
+  auto off = ParseFlags({"--base-domain=example.test", "--ktls=off"});
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(WorkerOptionsOf(*off).ktls_after.bytes, 0u);
+  auto now = ParseFlags({"--base-domain=example.test", "--ktls-after-bytes=0"});
+  ASSERT_TRUE(now.ok());
+  EXPECT_FALSE(now->tls_policy.offload_later());
+  EXPECT_TRUE(now->tls_policy.offload());
+  EXPECT_EQ(WorkerOptionsOf(*now).ktls_after.bytes, 0u);
+}
+
 TEST(Config, RegistryIsTheFileOrEtcd) {
   auto file = ParseFlags({"--base-domain=x.test"});
   ASSERT_TRUE(file.ok());
@@ -86,6 +105,8 @@ TEST(Config, ErrorsNameTheFlag) {
       {{"--base-domain=x.test", "--splice-mode=fast"}, "expected inline, uring or copy"},
       {{"--base-domain=x.test", "--ring-taskrun=sqpoll"}, "expected auto, defer, coop or off"},
       {{"--base-domain=x.test", "--rebalance=yes"}, "expected on or off"},
+      {{"--base-domain=x.test", "--ktls-after-bytes=64k"}, "--ktls-after-bytes=64k: expected a whole number of bytes"},
+      {{"--base-domain=x.test", "--ktls-after=0"}, "--ktls-after=0: expected a positive duration"},
       {{"--base-domain=bad_domain"}, "is not a host name"},
       {{"--base-domain"}, "--base-domain needs a value"},
       {{"--base-domain=x.test", "stray"}, "unexpected argument 'stray'"},
@@ -105,7 +126,8 @@ TEST(Config, UsageListsEveryFlagWithItsDefault) {
   std::string u = Usage();
   for (const char* f : {"--listen", "--base-domain", "--state", "--workers", "--hello-timeout", "--hello-max-bytes",
                         "--connect-timeout", "--connect-tries", "--idle-timeout", "--drain-timeout", "--splice-mode",
-                        "--ring-taskrun", "--rebalance", "--max-connections", "--backlog"}) {
+                        "--ring-taskrun", "--rebalance", "--max-connections", "--backlog", "--ktls-after-bytes",
+                        "--ktls-after"}) {
     EXPECT_NE(u.find(f), std::string::npos) << f;
   }
   EXPECT_NE(u.find("(default: 10m)"), std::string::npos);

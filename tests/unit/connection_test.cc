@@ -141,6 +141,18 @@ const TransportOps kFakeCopyOps = {"fake-copy",       FakeRead,          FakeWri
                                    UnsupportedResult, UnsupportedSplice, UnsupportedResult, FakeShutdown,
                                    false,             false};
 
+// A side that cannot splice until its first read, then can (as userspace TLS that hands its
+// records to kTLS at a threshold).
+Io FakeReadThenSplice(Transport& t, uint8_t* buf, uint32_t len) {
+  Io io = FakeRead(t, buf, len);
+  if (io.status == Io::kBytes) t.set_ops(&kFakeOps);
+  return io;
+}
+const TransportOps kFakeCopyThenSpliceOps = {"fake-copy-then-splice", FakeReadThenSplice, FakeWrite,
+                                             UnsupportedSplice,       UnsupportedResult,  UnsupportedSplice,
+                                             UnsupportedResult,       FakeShutdown,       false,
+                                             false};
+
 // --- the fixture ---------------------------------------------------------------
 
 sockaddr_storage V4(const char* ip, uint16_t port) { return SockaddrFromIp(ip, port).value(); }
@@ -469,6 +481,26 @@ TEST_F(ConnectionTest, ASideThatCannotSpliceIsCopied) {
   instance.inbox = "down";
   Complete(Op::kRelayPoll1, POLLIN);
   EXPECT_EQ(client_.outbox, "down");
+}
+
+TEST_F(ConnectionTest, ACopiedDirectionSplicesOnceBothItsSidesCan) {
+  instance_ops_ = &kFakeCopyThenSpliceOps;
+  FakeSide& instance = Relaying("app-8443s.example.test", "up");
+  EXPECT_EQ(Count(Counter::relay_copy), 1u);
+  // The instance's read that makes it able to splice is copied out; the next ones splice.
+  instance.inbox = "down";
+  Complete(Op::kRelayPoll1, POLLIN);
+  EXPECT_EQ(client_.outbox, "down");
+  EXPECT_EQ(Count(Counter::relay_spliced_after_ktls), 1u);
+  // The other direction was waiting in copy mode: it moves to splice on its next turn.
+  client_.inbox = "more";
+  Complete(Op::kRelayPoll0, POLLIN);
+  EXPECT_EQ(instance.outbox, HelloFor("app-8443s.example.test") + "upmore");
+  EXPECT_EQ(Count(Counter::relay_spliced_after_ktls), 2u);
+  instance.inbox = "again";
+  Complete(Op::kRelayPoll1, POLLIN);
+  EXPECT_EQ(client_.outbox, "downagain");
+  EXPECT_EQ(Count(Counter::splice_fallback_copy), 0u);
 }
 
 TEST_F(ConnectionTest, RingSpliceModeMovesBytesWithRingOperations) {
