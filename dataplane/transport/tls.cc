@@ -6,6 +6,9 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
 
 #include "dataplane/clock.h"
 #include "dataplane/ktls.h"
@@ -41,14 +44,146 @@ Io SslRead(Transport& t, uint8_t* buf, uint32_t len) {
   return Io::Error();
 }
 
+// --- userspace TX: the records of one relay write leave in one send(2) -----------------------
+//
+// OpenSSL writes each record to its BIO as it seals it, and a socket BIO makes that one send per
+// 16 KiB record. After the handshake, a userspace-TX connection writes to this BIO instead: the
+// records gather in the worker's scratch buffer and go out together. What the socket does not take
+// waits in the connection's own buffer (the only per-connection memory, and only while the client
+// reads slower than the instance writes).
+
+struct Gathered {
+  int fd;
+  std::string unsent;     // ciphertext the socket did not take yet
+  uint32_t accepted = 0;  // plaintext bytes those records carry, reported once they are sent
+};
+
+// Room for a relay buffer's worth of records (64 KiB of plaintext: 4 records and their overhead).
+constexpr size_t kScratchSize = kTlsReadSize + 4 * 512;
+thread_local uint8_t scratch[kScratchSize];
+thread_local size_t scratch_len = 0;
+thread_local Gathered* gathering = nullptr;  // the connection whose SslWrite fills the scratch now
+
+// Sends what `g` still holds, then the scratch; false on a socket error. Whatever the socket does
+// not take stays in g.unsent. The scratch is empty afterwards in every case: it is this
+// connection's only until this call returns.
+bool SendGathered(Gathered& g) {
+  const size_t gathered = std::exchange(scratch_len, 0);
+  if (!g.unsent.empty()) {
+    ssize_t n = send(g.fd, g.unsent.data(), g.unsent.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+    if (n > 0) g.unsent.erase(0, static_cast<size_t>(n));
+  }
+  if (gathered == 0) return true;
+  size_t sent = 0;
+  if (g.unsent.empty()) {
+    ssize_t n = send(g.fd, scratch, gathered, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+    if (n > 0) sent = static_cast<size_t>(n);
+  }
+  g.unsent.append(reinterpret_cast<const char*>(scratch) + sent, gathered - sent);
+  if (g.unsent.empty()) g.unsent.shrink_to_fit();
+  return true;
+}
+
+int GatherWrite(BIO* bio, const char* data, int len) {
+  auto* g = static_cast<Gathered*>(BIO_get_data(bio));
+  if (scratch_len + static_cast<size_t>(len) > kScratchSize && !SendGathered(*g)) return -1;
+  if (scratch_len + static_cast<size_t>(len) > kScratchSize) {  // larger than the scratch: straight on
+    g->unsent.append(data, static_cast<size_t>(len));
+    return len;
+  }
+  std::memcpy(scratch + scratch_len, data, static_cast<size_t>(len));
+  scratch_len += static_cast<size_t>(len);
+  // A record written outside SslWrite (an alert while reading) goes out at once, as a socket BIO's.
+  if (gathering != g && !SendGathered(*g)) return -1;
+  return len;
+}
+
+long GatherCtrl(BIO* bio, int cmd, long, void*) {
+  auto* g = static_cast<Gathered*>(BIO_get_data(bio));
+  switch (cmd) {
+    case BIO_CTRL_FLUSH: return SendGathered(*g) ? 1 : 0;  // an alert, close_notify: out now, best effort
+    case BIO_CTRL_WPENDING: return static_cast<long>(g->unsent.size() + scratch_len);
+    default: return 0;
+  }
+}
+
+int GatherDestroy(BIO* bio) {
+  delete static_cast<Gathered*>(BIO_get_data(bio));
+  BIO_set_data(bio, nullptr);
+  return 1;
+}
+
+int GatherType() {
+  static const int type = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK;
+  return type;
+}
+
+const BIO_METHOD* GatherMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(GatherType(), "cvmgate gathered records");
+    BIO_meth_set_write(m, GatherWrite);
+    BIO_meth_set_ctrl(m, GatherCtrl);
+    BIO_meth_set_destroy(m, GatherDestroy);
+    return m;
+  }();
+  return method;
+}
+
+// Userspace TX from here on: OpenSSL writes its records to a gathering BIO.
+bool GatherRecords(Transport& t) {
+  BIO* bio = BIO_new(GatherMethod());
+  if (bio == nullptr) return false;
+  BIO_set_data(bio, new Gathered{t.fd(), {}, 0});
+  BIO_set_init(bio, 1);
+  SSL_set0_wbio(t.ssl(), bio);  // drops the write side's reference to the socket BIO
+  return true;
+}
+
+Gathered* GatheredOf(SSL* ssl) {
+  BIO* wbio = SSL_get_wbio(ssl);
+  return BIO_method_type(wbio) == GatherType() ? static_cast<Gathered*>(BIO_get_data(wbio)) : nullptr;
+}
+
+// Seals as much of `buf` as a relay buffer holds, one record per SSL_write, then sends the records
+// at once. When the socket takes only part, the plaintext counts as written once the rest is out:
+// until then the relay hears "wait" and offers the same bytes again.
 Io SslWrite(Transport& t, const uint8_t* buf, uint32_t len) {
+  SSL* ssl = t.ssl();
+  Gathered* g = GatheredOf(ssl);
+  if (g != nullptr && !g->unsent.empty()) {
+    if (!SendGathered(*g)) return Io::Error();
+    if (!g->unsent.empty()) return Io::Wait(POLLOUT);
+    if (g->accepted > 0) return Io::Bytes(std::exchange(g->accepted, 0));
+  }
+  size_t total = 0;
   ERR_clear_error();
-  int n = SSL_write(t.ssl(), buf, static_cast<int>(len));
-  if (n > 0) return Io::Bytes(static_cast<size_t>(n));
-  int e = SSL_get_error(t.ssl(), n);
-  ERR_clear_error();
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return Io::Wait(WantEvents(e));
-  return Io::Error();
+  gathering = g;
+  while (total < len) {
+    int n = SSL_write(ssl, buf + total, static_cast<int>(len - total));
+    if (n <= 0) {
+      int e = SSL_get_error(ssl, n);
+      ERR_clear_error();
+      if (total > 0) break;  // what was sealed goes out; the next call meets the condition again
+      gathering = nullptr;
+      if (g != nullptr && !SendGathered(*g)) return Io::Error();  // leaves the scratch empty
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return Io::Wait(WantEvents(e));
+      return Io::Error();
+    }
+    total += static_cast<size_t>(n);
+    // A socket BIO sent the record already; the scratch takes records while one more fits.
+    if (g == nullptr || scratch_len + SSL3_RT_MAX_PLAIN_LENGTH + 512 > kScratchSize) break;
+  }
+  gathering = nullptr;
+  if (g != nullptr) {
+    if (!SendGathered(*g)) return Io::Error();
+    if (!g->unsent.empty()) {
+      g->accepted = static_cast<uint32_t>(total);
+      return Io::Wait(POLLOUT);
+    }
+  }
+  return Io::Bytes(total);
 }
 
 // A non-data record stopped a read on a kTLS RX socket: the client's close_notify ends the stream,
@@ -229,6 +364,7 @@ TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later) {
     SSL_set_default_read_buffer_len(ssl, kTlsReadSize);
     SSL_set_read_ahead(ssl, 1);
     t.set_ops(&kTlsThenKtlsOps);
+    GatherRecords(t);
     k.later = true;
     return k;
   }
@@ -258,6 +394,7 @@ TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later) {
     SSL_set_read_ahead(ssl, 1);
   }
   t.set_ops(rx_raw ? (k.tx ? &kKtlsOps : &kKtlsRxOps) : (k.tx ? &kKtlsTxOps : &kTlsOps));
+  if (!k.tx) GatherRecords(t);
   return k;
 }
 

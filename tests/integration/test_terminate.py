@@ -92,6 +92,25 @@ def test_terminated_payload_arrives_intact_both_ways(tgw, echo_port, version):
     assert c["routed_terminate"] == 1 and c["relay_tls_userspace"] + c["ktls_tx"] + c["ktls_later"] == 1, c
 
 
+def test_a_client_with_a_small_receive_window_gets_every_byte_in_order(tgw, echo_port):
+    """Records sealed together go out in one send; what the client's window does not take waits, in order."""
+    c = TlsClient(tgw.addr, "app-%d.example.test" % echo_port, timeout=60)
+    c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the gateway's sends mostly fall short
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.sock.settimeout(60)
+    c.sock.connect(tgw.addr)
+    c.send_hello()
+    c.finish_handshake()
+    payload = os.urandom(2 << 20)
+    assert c.echo(payload) == payload, "bytes differ"
+    c.send_close_notify()
+    c.read_until_eof(timeout=60)
+    assert bytes(c.plain) == payload + trailer(payload)
+    assert c.tls_end == "close_notify", c.tls_end
+    c.close()
+
+
 def test_client_close_notify_half_closes_and_backend_end_sends_close_notify(tgw, certs, echo_port):
     """The client's close_notify becomes a FIN to the backend; the backend's answer still flows back,
     then the backend's FIN reaches the client as close_notify."""
