@@ -204,7 +204,7 @@ const std::vector<Flag>& Flags() {
          c.tls_policy.ktls = v == "auto";
          return absl::OkStatus();
        }},
-      {"ktls-after-bytes", "BYTES", "65536",
+      {"ktls-after-bytes", "BYTES", "131072",
        "a terminated connection starts in userspace TLS and moves to kTLS once it has relayed this many "
        "bytes (both directions) or reached --ktls-after; 0 moves it at the handshake",
        [](Config& c, const std::string& v) {

@@ -44,7 +44,7 @@ struct TlsCertSpec {
 // directions together) or lived `ms`, whichever comes first, checked as its bytes move. bytes 0:
 // at the handshake (OpenSSL installs it).
 struct KtlsThreshold {
-  uint64_t bytes = 64 * 1024;
+  uint64_t bytes = 128 * 1024;
   int64_t ms = 2'000;
   bool operator==(const KtlsThreshold&) const = default;
 };
