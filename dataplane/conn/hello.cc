@@ -27,6 +27,40 @@ Counter HelloCounter(HelloStatus s) {
   }
 }
 
+// The TLS alert a client refused after its ClientHello gets, so curl and browsers say why
+// ("unrecognized name", "internal error") rather than "connection reset"; 0: none.
+uint8_t RefusalAlert(Counter reason) {
+  switch (reason) {
+    case Counter::closed_no_sni:
+    case Counter::closed_bad_name:
+    case Counter::closed_bad_port:
+    case Counter::closed_unknown_domain:
+    case Counter::closed_unknown_app:
+    case Counter::closed_port_not_served: return 112;  // unrecognized_name: nothing answers to that name
+    case Counter::closed_no_certificate: return 40;    // handshake_failure: no certificate to end TLS with
+    case Counter::closed_no_healthy_instance:
+    case Counter::closed_app_limit:
+    case Counter::closed_own_listener: return 80;  // internal_error: the name is known, nothing can serve it now
+    default: return 0;
+  }
+}
+
+// Refuses a client whose ClientHello was parsed: its bytes are taken off the socket (so the close
+// is a FIN, not a reset that could overtake the alert), then a fatal alert goes out in a plaintext
+// record, as a TLS server sends one before its ServerHello.
+Step Refuse(Conn& c, Counter reason) {
+  uint8_t alert = RefusalAlert(reason);
+  if (alert != 0) {
+    const int fd = c.client.fd();
+    char sink[4096];
+    for (int i = 0; i < 32 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT | MSG_TRUNC) > 0; ++i) {
+    }
+    const uint8_t record[7] = {21, 3, 3, 0, 2, 2 /* fatal */, alert};
+    (void)send(fd, record, sizeof(record), MSG_DONTWAIT | MSG_NOSIGNAL);  // best effort: the close follows
+  }
+  return Step::Close(reason);
+}
+
 Step SubmitRecv(ConnEnv& env, Conn& c) {
   HelloState& h = c.hello;
   // A peek copies every byte from the first one again (and the kernel walks every queued segment to
@@ -50,13 +84,13 @@ Step HelloDone(ConnEnv& env, Conn& c, std::string_view sni) {
     h.buf.reset();  // peeked: the bytes are still in the socket
     h.cap = 0;
   }
-  if (d.refused()) return Step::Close(d.refusal);
+  if (d.refused()) return Refuse(c, d.refusal);
   c.id = std::move(d.name.target.id);
   c.port = d.name.target.port;
   c.mode = d.name.target.mode;
   // A terminated name that cannot be routed now gets no handshake: it is refused as passthrough
   // would be, and so is one over its app's limit.
-  if (!TakeAppSlot(c, d.found)) return Step::Close(Counter::closed_app_limit);
+  if (!TakeAppSlot(c, d.found)) return Refuse(c, Counter::closed_app_limit);
   if (d.verdict == Decision::Verdict::kPassthrough) {
     if (h.len > 0) {
       // Read, not peeked: the instance gets these bytes before any other client byte.
@@ -89,6 +123,7 @@ Step OnHelloRecv(ConnEnv& env, Conn& c, int res) {
   if (h.read) have = h.len += static_cast<uint32_t>(res);
   HelloResult hello = h.parser.Feed(std::span<const uint8_t>(h.buf.get(), have));
   if (hello.status == HelloStatus::kOk) return HelloDone(env, c, hello.sni);
+  if (hello.status == HelloStatus::kNoSni) return Refuse(c, Counter::closed_no_sni);
   if (hello.status != HelloStatus::kNeedMore) return Step::Close(HelloCounter(hello.status));
   if (hello.need > h.cap) {
     // Geometric growth: the buffer is replaced a logarithmic number of times.

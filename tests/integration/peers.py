@@ -576,6 +576,22 @@ class TlsClient:
             self.sock.close()
 
 
+# The TLS alert a client refused after its ClientHello receives (a plaintext record, level fatal),
+# by the counter the refusal is counted under; refusals not listed close without a byte.
+REFUSAL_ALERTS = {
+    "closed_no_sni": 112, "closed_bad_name": 112, "closed_bad_port": 112, "closed_unknown_domain": 112,
+    "closed_unknown_app": 112, "closed_port_not_served": 112,  # unrecognized_name
+    "closed_no_certificate": 40,  # handshake_failure
+    "closed_no_healthy_instance": 80, "closed_app_limit": 80, "closed_own_listener": 80,  # internal_error
+}
+
+
+def refusal_alert(counter):
+    """The bytes a client refused under `counter` receives before the gateway's FIN."""
+    alert = REFUSAL_ALERTS.get(counter)
+    return b"" if alert is None else bytes([21, 3, 3, 0, 2, 2, alert])
+
+
 def wait_closed(sock, timeout, since=None):
     """Read from sock until the peer closes it; report what arrived and when."""
     since = time.monotonic() if since is None else since

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import time
 
 import peers
@@ -121,6 +122,12 @@ def test_per_app_connection_limit(make_gateway, backends):
     gw = make_gateway(state=state, args=["--app-max-connections", "2"])
     held = [open_relay(gw, backends)[0] for _ in range(2)]
     expect_closed(gw, "closed_app_limit", sni=sni_name("app", backends.port))
+    # What a user sees: the name is known, nothing can serve it now.
+    s_client = subprocess.run(["openssl", "s_client", "-connect", "%s:%d" % gw.addr, "-servername",
+                               sni_name("app", backends.port)], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=30)
+    said = s_client.stdout + s_client.stderr
+    assert "alert internal error" in said and "SSL alert number 80" in said, said
     # Another app is not affected; the full app takes connections again once one ends.
     other, inst = open_relay(gw, backends, ident="other")
     other.close()

@@ -238,6 +238,25 @@ def test_refusals_without_certificate_and_on_handshake_timeout(tgw, certs, echo_
     tgw.wait_counter("closed_tls_handshake_timeout", before.get("closed_tls_handshake_timeout", 0) + 1)
 
 
+@pytest.mark.parametrize("host,says,number", [("nosuchapp-%d.example.test", "unrecognized name", 112),
+                                              ("app-%d.nocert.test", "handshake failure", 40)],
+                         ids=["unknown-app", "no-certificate"])
+def test_a_refused_name_is_explained_to_curl_and_openssl(tgw, echo_port, host, says, number):
+    """A client refused after its ClientHello gets a TLS alert, not a reset: the user reads why."""
+    name = host % echo_port
+    port = tgw.addr[1]
+    curl = subprocess.run(["curl", "-sS", "-k", "--max-time", "10", "--resolve", "%s:%d:127.0.0.1" % (name, port),
+                           "https://%s:%d/" % (name, port)], capture_output=True, text=True, timeout=30)
+    assert curl.returncode == 35, (curl.returncode, curl.stderr)  # CURLE_SSL_CONNECT_ERROR
+    assert says in curl.stderr, curl.stderr
+    assert "reset" not in curl.stderr, curl.stderr
+    s_client = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % port, "-servername", name],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert s_client.returncode != 0
+    said = s_client.stdout + s_client.stderr
+    assert says in said and "SSL alert number %d" % number in said, said
+
+
 def _make_cert(directory, name):
     key, crt = directory / (name + ".key"), directory / (name + ".pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",

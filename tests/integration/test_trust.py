@@ -148,7 +148,7 @@ def test_static_instances_serve_their_ports_and_never_the_gateway_itself(cvmgate
                     c.send_hello()
                     closed = c.wait_closed(5)
                     c.close()
-                    assert closed.how in ("eof", "reset") and closed.data == b"", (port, closed)
+                    assert closed.how == "eof" and closed.data == peers.refusal_alert(counter), (port, closed)
                     gw.wait_counter(counter, before.get(counter, 0) + 1)
             finally:
                 server.close()
