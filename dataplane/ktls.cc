@@ -265,6 +265,22 @@ absl::Status Install(int fd, int direction, int version, const Suite& suite, con
   }
 }
 
+// One TLS record through a kTLS socket: its bytes, and room for the SOL_TLS control message that
+// carries its type (TLS_SET_RECORD_TYPE out, TLS_GET_RECORD_TYPE in).
+struct RecordMessage {
+  RecordMessage(void* data, size_t len) : iov{data, len} {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  RecordMessage(const RecordMessage&) = delete;  // msg points into this object
+  RecordMessage& operator=(const RecordMessage&) = delete;
+  char control[CMSG_SPACE(sizeof(unsigned char))] = {};
+  iovec iov;
+  msghdr msg{};
+};
+
 }  // namespace
 
 void TrackKtlsKeys(SSL_CTX* ctx, bool later) {
@@ -336,33 +352,21 @@ Engaged EngageKtls(SSL* ssl, int fd, absl::Status* why) {
 
 void SendKernelCloseNotify(int fd) {
   unsigned char alert[2] = {1, 0};  // warning, close_notify
-  char control[CMSG_SPACE(sizeof(unsigned char))] = {};
-  iovec iov{alert, sizeof(alert)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  RecordMessage m(alert, sizeof(alert));
+  cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
   c->cmsg_level = SOL_TLS;
   c->cmsg_type = TLS_SET_RECORD_TYPE;
   c->cmsg_len = CMSG_LEN(sizeof(unsigned char));
   *CMSG_DATA(c) = kRecordAlert;
-  (void)sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);  // best effort, as SSL_shutdown's is
+  (void)sendmsg(fd, &m.msg, MSG_DONTWAIT | MSG_NOSIGNAL);  // best effort, as SSL_shutdown's is
 }
 
 ControlRecord ReadControlRecord(int fd) {
   unsigned char data[16384 + 256];
-  char control[CMSG_SPACE(sizeof(unsigned char))];
-  iovec iov{data, sizeof(data)};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT);
+  RecordMessage m(data, sizeof(data));
+  ssize_t n = recvmsg(fd, &m.msg, MSG_DONTWAIT);
   if (n < 0) return ControlRecord::kError;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
   if (c == nullptr || c->cmsg_level != SOL_TLS || c->cmsg_type != TLS_GET_RECORD_TYPE) return ControlRecord::kError;
   unsigned char type = *CMSG_DATA(c);
   if (type == kRecordAlert) {
