@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -142,6 +143,32 @@ def test_admin_socket_is_owner_only_and_metrics_are_prometheus(ctl_bin, empty_ga
     assert "# TYPE cvmgate_accepted_total counter" in metrics, metrics
     assert "cvmgate_closed_unknown_app_total 1" in metrics, metrics
     assert "cvmgate_instances 0" in metrics, metrics
+
+
+def test_metrics_parse_as_prometheus_text(ctl_bin, empty_gateway, backends):
+    """What a Prometheus server scrapes, read by Prometheus' own parser: every family cvmgate_*, with
+    HELP and TYPE, counters named *_total, workers as a label."""
+    from prometheus_client.parser import text_string_to_metric_families
+    gw = empty_gateway
+    expect_closed(gw, "closed_unknown_app", sni=sni_name("app", backends.port))
+    text = ctl(ctl_bin, gw, "metrics")
+    families = list(text_string_to_metric_families(text))
+    # The parser names a counter's samples *_total whatever the text says: the text itself is checked.
+    counters = re.findall(r"^# TYPE (\S+) counter$", text, re.M)
+    assert counters and all(name.endswith("_total") for name in counters), counters
+    by_name = {f.name: f for f in families}
+    assert len(by_name) == len(families), "a family is exposed twice"
+    assert len(families) >= 60, [f.name for f in families]
+    for f in families:
+        assert f.name.startswith("cvmgate_"), f.name
+        assert f.documentation, "%s has no HELP" % f.name
+        assert f.type in ("counter", "gauge"), (f.name, f.type)
+        if f.type == "counter":
+            assert all(sample.value >= 0 for sample in f.samples), f
+    assert by_name["cvmgate_closed_unknown_app"].samples[0].value == 1
+    assert by_name["cvmgate_accepted"].samples[0].value >= 1
+    workers = by_name["cvmgate_worker_live_connections"].samples
+    assert sorted(s.labels["worker"] for s in workers) == ["0", "1"], workers
 
 
 def test_tcp_admin_needs_the_bearer_token(ctl_bin, make_gateway, tmp_path):
