@@ -587,6 +587,22 @@ def test_ktls_after_bytes_moves_a_live_connection_to_the_kernel(make_gateway, ce
 
 
 @needs_ktls
+@pytest.mark.parametrize("mode,spliced", [("uring", 2), ("copy", 0)])
+def test_ktls_after_bytes_in_each_relay_mode(make_gateway, certs, echo_port, mode, spliced):
+    """The move to kTLS under the ring's splice and under the copy relay (which stays a copy)."""
+    gw = _gateway(make_gateway, certs, "--ktls-after-bytes", "65536", "--splice-mode", mode)
+    c = _handshake(gw, echo_port, ssl.TLSVersion.TLSv1_3)
+    sent = b""
+    for size in (16384, 3 << 20, 1 << 20):  # below, across and after the threshold
+        chunk = os.urandom(size)
+        assert c.echo(chunk) == chunk, "bytes differ (%d-byte exchange)" % size
+        sent += chunk
+    counters = gw.wait_counter("ktls_later_bytes", 1)
+    assert counters["relay_spliced_after_ktls"] == spliced and counters["ktls_later_failed"] == 0, counters
+    _close_and_check(c, sent)
+
+
+@needs_ktls
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
 def test_ktls_after_time_moves_a_slow_connection_to_the_kernel(make_gateway, certs, echo_port, version):
     gw = _gateway(make_gateway, certs, "--ktls-after-bytes", "1000000000", "--ktls-after", "500ms")
