@@ -16,13 +16,6 @@
 
 #include <absl/strings/str_cat.h>
 
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
-
 namespace cvmgate {
 namespace {
 

@@ -27,13 +27,6 @@
 #include "kernel-config/netlink.h"
 #include <nlohmann/json.hpp>
 
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
-#ifndef TCP_ULP
-#define TCP_ULP 31
-#endif
-
 namespace cvmgate {
 namespace {
 

@@ -45,9 +45,9 @@ uint8_t RefusalAlert(Counter reason) {
   }
 }
 
-// Refuses a client whose ClientHello was parsed: its bytes are taken off the socket (so the close
-// is a FIN, not a reset that could overtake the alert), then a fatal alert goes out in a plaintext
-// record, as a TLS server sends one before its ServerHello.
+// Refuses a client after its ClientHello. Where the refusal has an alert, the hello's bytes are
+// taken off the socket (so the close is a FIN, not a reset that could overtake the alert), then a
+// fatal alert goes out in a plaintext record, as a TLS server sends one before its ServerHello.
 Step Refuse(Conn& c, Counter reason) {
   uint8_t alert = RefusalAlert(reason);
   if (alert != 0) {
@@ -123,8 +123,7 @@ Step OnHelloRecv(ConnEnv& env, Conn& c, int res) {
   if (h.read) have = h.len += static_cast<uint32_t>(res);
   HelloResult hello = h.parser.Feed(std::span<const uint8_t>(h.buf.get(), have));
   if (hello.status == HelloStatus::kOk) return HelloDone(env, c, hello.sni);
-  if (hello.status == HelloStatus::kNoSni) return Refuse(c, Counter::closed_no_sni);
-  if (hello.status != HelloStatus::kNeedMore) return Step::Close(HelloCounter(hello.status));
+  if (hello.status != HelloStatus::kNeedMore) return Refuse(c, HelloCounter(hello.status));
   if (hello.need > h.cap) {
     // Geometric growth: the buffer is replaced a logarithmic number of times.
     bool was_full = have == h.cap;

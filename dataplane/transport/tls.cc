@@ -301,6 +301,14 @@ void MoveToKtls(Transport& t) {
   }
 }
 
+// Userspace RX: read ahead into a buffer as large as a relay buffer, so one recv brings several
+// records and a read decrypts them all before one send to the instance (read_ahead stays off during
+// the handshake, where kTLS needs OpenSSL to hold no bytes beyond the last record).
+void ReadAhead(SSL* ssl) {
+  SSL_set_default_read_buffer_len(ssl, kTlsReadSize);
+  SSL_set_read_ahead(ssl, 1);
+}
+
 }  // namespace
 
 bool BeginTlsHandshake(Transport& t, SSL_CTX* ctx, std::span<const uint8_t> read_hello) {
@@ -361,8 +369,7 @@ TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later) {
     // Userspace TLS (read ahead, as below) until the threshold, then kTLS both ways.
     StartCountingRecords(ssl);
     t.ktls_wait = {later.bytes, MonotonicMs() + later.ms, false, false, false};
-    SSL_set_default_read_buffer_len(ssl, kTlsReadSize);
-    SSL_set_read_ahead(ssl, 1);
+    ReadAhead(ssl);
     t.set_ops(&kTlsThenKtlsOps);
     GatherRecords(t);
     k.later = true;
@@ -385,14 +392,7 @@ TlsOffload FinishTlsHandshake(Transport& t, KtlsThreshold later) {
     // plaintext, so this direction splices too.
     rx_raw = true;
   }
-  if (!k.rx) {
-    // Userspace RX: read ahead into a buffer as large as a relay buffer, so one recv brings
-    // several records and a read decrypts them all before one send to the instance (read_ahead
-    // stays off during the handshake, where kTLS needs OpenSSL to hold no bytes beyond the last
-    // record).
-    SSL_set_default_read_buffer_len(ssl, kTlsReadSize);
-    SSL_set_read_ahead(ssl, 1);
-  }
+  if (!k.rx) ReadAhead(ssl);
   t.set_ops(rx_raw ? (k.tx ? &kKtlsOps : &kKtlsRxOps) : (k.tx ? &kKtlsTxOps : &kTlsOps));
   if (!k.tx) GatherRecords(t);
   return k;
