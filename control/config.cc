@@ -279,6 +279,35 @@ const std::vector<Flag>& Flags() {
          c.help = true;
          return absl::OkStatus();
        }},
+      {"access-log", "stderr|FILE|off", "off",
+       "one line per connection (time, client, SNI, app, instance, mode, TLS, bytes, times, close reason), "
+       "written by a thread of its own; a FILE is reopened on SIGUSR2",
+       [](Config& c, const std::string& v) {
+         if (v.empty()) return Bad("access-log", v, "expected stderr, off or a file path");
+         c.access_log.target = v;
+         return absl::OkStatus();
+       }},
+      {"access-log-format", "logfmt|json", "logfmt", "the access log's lines: key=value pairs, or one JSON object",
+       [](Config& c, const std::string& v) {
+         if (v == "logfmt") c.access_log.format = AccessLogFormat::kLogfmt;
+         else if (v == "json") c.access_log.format = AccessLogFormat::kJson;
+         else return Bad("access-log-format", v, "expected logfmt or json");
+         return absl::OkStatus();
+       }},
+      {"access-log-queue", "N", "4096",
+       "access-log records each worker may hold for the log thread; beyond, they are dropped and counted "
+       "(access_log_dropped), never waited for",
+       [](Config& c, const std::string& v) {
+         int64_t n;
+         if (!absl::SimpleAtoi(v, &n) || n < 16 || n > 1 << 20) {
+           return Bad("access-log-queue", v, "expected a whole number from 16 to 1048576");
+         }
+         c.access_log.queue_records = static_cast<uint32_t>(n);
+         return absl::OkStatus();
+       }},
+      {"metrics-per-app", "on|off", "on",
+       "/metrics has gauges per app (live connections, instances, healthy instances): one series each per app",
+       ChoiceFlag<bool>("metrics-per-app", &Config::metrics_per_app, {{"on", true}, {"off", false}})},
       {"version", nullptr, "", "print the version and exit",
        [](Config& c, const std::string&) {
          c.version = true;
@@ -379,6 +408,7 @@ std::string Usage() {
   }
   out +=
       "\nsignals: SIGHUP reloads the registry and the certificates; SIGUSR1 prints the counters;\n"
+      "SIGUSR2 reopens the access log;\n"
       "SIGTERM/SIGINT stop accepting and drain live relays for up to --drain-timeout, then exit.\n";
   return out;
 }

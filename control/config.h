@@ -56,6 +56,8 @@ struct Config {
   uint32_t max_connections = 0;  // per process; 0: derived from the descriptor limit
   int32_t app_max_connections = 2000;
   int backlog = 4096;
+  AccessLogOptions access_log;
+  bool metrics_per_app = true;
   bool help = false;
   bool version = false;
 };

@@ -23,7 +23,7 @@ ControlLoop::ControlLoop(const Workers& workers, absl::Duration health_poll, abs
     : workers_(workers), health_poll_(health_poll), drain_timeout_(drain_timeout) {
   sigset_t signals;
   sigemptyset(&signals);
-  for (int s : {SIGHUP, SIGUSR1, SIGTERM, SIGINT}) sigaddset(&signals, s);
+  for (int s : {SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT}) sigaddset(&signals, s);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
   signals_.reset(signalfd(-1, &signals, SFD_CLOEXEC | SFD_NONBLOCK));
@@ -52,6 +52,31 @@ std::string ControlLoop::WorkerMetrics() const {
   MetricsText m;
   for (size_t i = 0; i < kCounterCount; ++i) {
     m.Counter(absl::StrCat(AbslView(kCounterInfo[i].name), "_total"), kCounterInfo[i].help, Sum(i));
+  }
+  // The same closures again as one family, told apart by their reason (the counter's name less
+  // closed_; relay_done is "done"), as dashboards group them.
+  std::vector<std::pair<std::string, uint64_t>> reasons;
+  for (size_t i = 0; i < kCounterCount; ++i) {
+    std::string_view name = kCounterInfo[i].name;
+    if (name.starts_with("closed_")) reasons.emplace_back(name.substr(7), Sum(i));
+    if (name == "relay_done") reasons.emplace_back("done", Sum(i));
+  }
+  m.CounterPerLabel("connections_closed_total", "connections closed, by reason", "reason", reasons);
+  for (size_t h = 0; h < kHistogramCount; ++h) {
+    const HistogramInfo& info = kHistogramInfo[h];
+    std::vector<uint64_t> counts(info.buckets + 1, 0);
+    uint64_t sum_us = 0;
+    for (auto& w : workers_) {
+      for (size_t b = 0; b <= info.buckets; ++b) counts[b] += w->histograms().count(static_cast<Histogram>(h), b);
+      sum_us += w->histograms().sum_us(static_cast<Histogram>(h));
+    }
+    m.Histogram(info.name, info.help, std::span<const int64_t>(info.upper_us.data(), info.buckets), counts, sum_us);
+  }
+  if (access_log_ != nullptr) {
+    m.Counter("access_log_written_total", "access-log lines written", access_log_->written());
+    m.Counter("access_log_write_errors_total", "access-log writes that failed (their lines are lost)",
+              access_log_->write_errors());
+    m.Counter("access_log_reopens_total", "times the access log was reopened (SIGUSR2)", access_log_->reopens());
   }
   m.Gauge("live_connections", "connections held now", Live());
   std::vector<int64_t> per_worker;
@@ -107,6 +132,8 @@ void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer
         }
       } else if (si.ssi_signo == SIGUSR1) {
         PrintCounters(domain);
+      } else if (si.ssi_signo == SIGUSR2) {
+        if (access_log_ != nullptr) access_log_->Reopen();
       } else {
         Log("stopping: no new connections; draining ", Live(), " live for up to ",
             absl::FormatDuration(drain_timeout_));

@@ -11,6 +11,7 @@
 
 #include "control/admin_http.h"
 #include "control/control_plane.h"
+#include "dataplane/access_log.h"
 #include "dataplane/fd.h"
 #include "dataplane/snapshot.h"
 #include "dataplane/worker.h"
@@ -21,18 +22,20 @@ using Workers = std::vector<std::unique_ptr<Worker>>;
 
 class ControlLoop {
  public:
-  // Takes SIGHUP, SIGUSR1, SIGTERM and SIGINT for the calling thread, through a
+  // Takes SIGHUP, SIGUSR1, SIGUSR2, SIGTERM and SIGINT for the calling thread, through a
   // signalfd, and ignores SIGPIPE (a splice to a reset socket then fails with
   // EPIPE). Threads started afterwards inherit the blocked set, so make this
   // before the tunnel's thread and the workers start.
   ControlLoop(const Workers& workers, absl::Duration health_poll, absl::Duration drain_timeout);
+  // SIGUSR2 reopens its file (after logrotate moved it); its counts go into WorkerMetrics.
+  void SetAccessLog(AccessLog* log) { access_log_ = log; }
 
   // The eventfd the tunnel's supervisor writes when its view changed: health is then polled at once.
   int tunnel_news() const { return tunnel_news_.get(); }
   // The workers' counters and gauges and the reload counts, for the admin API's /metrics.
   std::string WorkerMetrics() const;
   // Until SIGTERM or SIGINT: SIGHUP reloads the state file, SIGUSR1 prints the
-  // counters, the admin API answers, and health is polled every health_poll.
+  // counters, SIGUSR2 reopens the access log, the admin API answers, and health is polled every health_poll.
   // A registry kept in etcd also makes `registry_changes` readable when another node wrote: it is
   // read again and the routes published (the routes in force stay while it cannot be read).
   void Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin, int registry_changes = -1);
@@ -49,6 +52,7 @@ class ControlLoop {
   const absl::Duration drain_timeout_;
   Fd signals_;
   Fd tunnel_news_;
+  AccessLog* access_log_ = nullptr;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
 };

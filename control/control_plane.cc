@@ -583,6 +583,24 @@ HttpResponse ControlPlane::Metrics() {
     gauge("wireguard_last_restore_seconds", "duration of the last restore of the WireGuard interface",
           t.last_restore_seconds);
   }
+  if (options_.metrics_per_app) {
+    // One series per app and gauge: --metrics-per-app off keeps a registry of many apps out of Prometheus.
+    std::map<std::string, std::pair<int64_t, int64_t>> apps;  // app -> (instances, healthy)
+    for (const RouteEntry& e : RouteEntries(clock_.Now(), nullptr)) {
+      auto& [instances, healthy] = apps[e.app];
+      ++instances;
+      healthy += e.healthy;
+    }
+    std::vector<std::pair<std::string, int64_t>> live, instances, healthy;
+    for (const auto& [app, n] : apps) {
+      live.emplace_back(app, app_counters_.live(app));
+      instances.emplace_back(app, n.first);
+      healthy.emplace_back(app, n.second);
+    }
+    m.GaugePerLabel("app_live_connections", "connections each app holds now (on this host)", "app", live);
+    m.GaugePerLabel("app_instances", "instances registered per app", "app", instances);
+    m.GaugePerLabel("app_healthy_instances", "instances routable now per app", "app", healthy);
+  }
   counter("snapshot_publishes_total", "route snapshots published", publishes_);
   counter("certificate_loads_total", "times the --tls-cert files were loaded", certificate_reloads_);
   counter("ticket_key_rotations_total", "session-ticket keys made", tickets_.rotations());

@@ -45,6 +45,7 @@ struct ControlOptions {
   bool proxy_protocol = false;  // unless the app overrides it
   std::vector<sockaddr_storage> listeners;  // the data plane's bound listeners: never an instance's address:port
   std::string node_name;  // this gateway host in a cluster sharing its registry (etcd); empty: one host
+  bool metrics_per_app = true;  // /metrics has gauges per app (--metrics-per-app)
 };
 
 class ControlPlane {

@@ -6,6 +6,7 @@
 
 #include <concepts>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +25,16 @@ class MetricsText {
   // One gauge per index i of `values`, told apart by the label `label`="i" (e.g. worker="0").
   void GaugePerIndex(std::string_view name, std::string_view help, std::string_view label,
                      const std::vector<int64_t>& values);
+  // One counter per (label value, count), e.g. reason="unknown_app".
+  void CounterPerLabel(std::string_view name, std::string_view help, std::string_view label,
+                       const std::vector<std::pair<std::string, uint64_t>>& values);
+  // One gauge per (label value, value), e.g. app="web".
+  void GaugePerLabel(std::string_view name, std::string_view help, std::string_view label,
+                     const std::vector<std::pair<std::string, int64_t>>& values);
+  // A histogram of microseconds, written in seconds: `counts` per bucket (not cumulative), the last
+  // one above every bound in `upper_us`.
+  void Histogram(std::string_view name, std::string_view help, std::span<const int64_t> upper_us,
+                 const std::vector<uint64_t>& counts, uint64_t sum_us);
   // Text another writer made (the workers' part), appended as it is.
   void Append(std::string_view text) { out_.append(text); }
 
@@ -33,6 +44,8 @@ class MetricsText {
  private:
   void IntegerGauge(std::string_view name, std::string_view help, int64_t value);
   void Head(std::string_view name, std::string_view help, std::string_view type);
+  void Family(std::string_view name, std::string_view help, std::string_view type);
+  void Number(double value);
   std::string out_;
 };
 

@@ -67,7 +67,8 @@ namespace cvmgate {
   X(pipe_create_failed, "pipes that could not be created (direction fell back to copy)")  \
   X(pipe_resize_failed, "pipes left at the default size: F_SETPIPE_SZ refused (fs.pipe-*)") \
   X(bytes_client_to_backend, "bytes relayed from clients to instances")                   \
-  X(bytes_backend_to_client, "bytes relayed from instances to clients")
+  X(bytes_backend_to_client, "bytes relayed from instances to clients")                   \
+  X(access_log_dropped, "access-log records dropped: the worker's queue to the log thread was full")
 
 enum class Counter : uint16_t {
 #define CVMGATE_COUNTER_ENUM(name, help) name,
@@ -100,6 +101,57 @@ class WorkerCounters {
 
  private:
   std::array<std::atomic<uint64_t>, kCounterCount> values_{};
+};
+
+// Distributions of times, per worker as the counters: a count per bucket (not cumulative; summed
+// and accumulated on read) and the sum, in microseconds.
+enum class Histogram : uint8_t { kConnect, kHandshake, kDuration, kCount };
+inline constexpr size_t kHistogramCount = static_cast<size_t>(Histogram::kCount);
+inline constexpr size_t kMaxBuckets = 16;
+
+struct HistogramInfo {
+  std::string_view name;  // the metric's, without cvmgate_
+  std::string_view help;
+  std::array<int64_t, kMaxBuckets> upper_us;  // ascending; unused entries are 0 (+Inf follows the last)
+  size_t buckets;
+};
+
+inline constexpr std::array<HistogramInfo, kHistogramCount> kHistogramInfo = {{
+    {"connect_seconds", "time from the first connect to an instance until one succeeded",
+     {100, 250, 500, 1'000, 2'500, 5'000, 10'000, 25'000, 50'000, 100'000, 250'000, 500'000, 1'000'000, 2'500'000,
+      5'000'000, 10'000'000},
+     16},
+    {"handshake_seconds", "TLS handshakes at the gateway (terminate, g), from the ClientHello to done",
+     {100, 250, 500, 1'000, 2'500, 5'000, 10'000, 25'000, 50'000, 100'000, 250'000, 500'000, 1'000'000, 2'500'000,
+      5'000'000, 10'000'000},
+     16},
+    {"connection_duration_seconds", "connections from accept to close, refused ones included",
+     {1'000, 10'000, 100'000, 500'000, 1'000'000, 5'000'000, 10'000'000, 30'000'000, 60'000'000, 300'000'000,
+      900'000'000, 3'600'000'000, 86'400'000'000},
+     13},
+}};
+
+class WorkerHistograms {
+ public:
+  void Observe(Histogram h, int64_t us) {
+    const HistogramInfo& info = kHistogramInfo[static_cast<size_t>(h)];
+    size_t b = 0;
+    while (b < info.buckets && us > info.upper_us[b]) ++b;
+    Bump(counts_[static_cast<size_t>(h)][b], 1);
+    Bump(sum_us_[static_cast<size_t>(h)], static_cast<uint64_t>(us));
+  }
+  // Bucket `b` (info.buckets: above the last bound).
+  uint64_t count(Histogram h, size_t b) const {
+    return counts_[static_cast<size_t>(h)][b].load(std::memory_order_relaxed);
+  }
+  uint64_t sum_us(Histogram h) const { return sum_us_[static_cast<size_t>(h)].load(std::memory_order_relaxed); }
+
+ private:
+  static void Bump(std::atomic<uint64_t>& v, uint64_t n) {
+    v.store(v.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  std::array<std::array<std::atomic<uint64_t>, kMaxBuckets + 1>, kHistogramCount> counts_{};
+  std::array<std::atomic<uint64_t>, kHistogramCount> sum_us_{};
 };
 
 }  // namespace cvmgate

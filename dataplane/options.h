@@ -62,6 +62,17 @@ struct TlsPolicy {
   bool offload_later() const { return offload() && ktls_after.bytes > 0; }
 };
 
+// The access log (access_log.h): where, in which format, and how many records each worker may queue
+// before it drops them.
+enum class AccessLogFormat : uint8_t { kLogfmt, kJson };
+struct AccessLogOptions {
+  std::string target = "off";  // "off", "stderr" or a file path
+  AccessLogFormat format = AccessLogFormat::kLogfmt;
+  uint32_t queue_records = 4096;
+  bool enabled() const { return target != "off"; }
+  bool operator==(const AccessLogOptions&) const = default;
+};
+
 // One worker's settings. The defaults are the daemon's flag defaults (a unit test holds them equal).
 struct WorkerOptions {
   std::vector<std::string> base_domains;  // normalised: lowercase, no trailing dot

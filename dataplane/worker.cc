@@ -59,7 +59,9 @@ Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, 
            relay_,
            listen_addrs_,
            [this](int family) { return OpenInstanceSocket(family, unsent_bytes_, options_.backend_rcvbuf); }},
-      conns_(max_connections, env_, runq_) {}
+      conns_(max_connections, env_, runq_) {
+  env_.histograms = &histograms_;
+}
 
 Worker::~Worker() = default;
 

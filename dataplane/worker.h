@@ -13,6 +13,7 @@
 
 #include <absl/status/status.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/conn/table.h"
 #include "dataplane/counters.h"
 #include "dataplane/fd.h"
@@ -53,7 +54,14 @@ class Worker {
   // (and `client` left alone) once this worker is stopping.
   bool Adopt(Fd& client);
 
+  // Before Run(): the connections this worker closes are logged into its queue of `log`.
+  void SetAccessLog(AccessLog* log) {
+    env_.access_log = log;
+    env_.access_queue = log != nullptr ? log->queue(index_) : nullptr;
+  }
+
   const WorkerCounters& counters() const { return counters_; }
+  const WorkerHistograms& histograms() const { return histograms_; }
   uint32_t live_connections() const { return conns_.live(); }
   RingTaskRun ring_taskrun() const { return ring_.taskrun(); }
   // Bytes spliced into this worker's pipes and not yet out of them: what
@@ -99,6 +107,7 @@ class Worker {
 
   std::atomic<int64_t> pipe_bytes_{0};
   WorkerCounters counters_;  // before the pools, which count into it
+  WorkerHistograms histograms_;
   PipePool pipes_;
   BufferPool buffers_;
   std::vector<Runnable> runq_;

@@ -247,12 +247,25 @@ int Main(int argc, char** argv) {
   std::vector<Worker*> workers_of_process;
   for (auto& w : pool) workers_of_process.push_back(w.get());
   for (auto& w : pool) w->SetPeers(workers_of_process);
+  std::unique_ptr<AccessLog> access_log;
+  if (config.access_log.enabled()) {
+    auto opened = AccessLog::Open(config.access_log, workers);
+    if (!opened.ok()) {
+      Log(opened.status().message());
+      return 1;
+    }
+    access_log = *std::move(opened);
+    for (auto& w : pool) w->SetAccessLog(access_log.get());
+    loop.SetAccessLog(access_log.get());
+    access_log->Start();
+  }
   RealClock clock;
   ControlOptions options{config.healthy_within, config.base_domains, config.tls_certs, config.tls_policy,
                          config.wg_endpoint,
                          config.wg_keep_unknown_peers, config.app_max_connections, config.ticket_key_rotation,
                          config.proxy_protocol, {}, node_name};
   for (const ListenAddress& l : config.listen) options.listeners.push_back(l.addr);
+  options.metrics_per_app = config.metrics_per_app;
   ControlPlane control(options, registry, domain, supervisor.get(), clock,
                        [&loop] { return loop.WorkerMetrics(); });
   if (supervisor) {
@@ -310,6 +323,7 @@ int Main(int argc, char** argv) {
   loop.Run(control, domain, **admin, registry.store().changes_fd());
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
+  if (access_log) access_log->Stop();  // the last connections' lines are written first
   if (supervisor) supervisor->Stop();
   loop.PrintCounters(domain);
   Log("stopped");

@@ -21,6 +21,7 @@
 // (conn/phases.h) answer a Step: stay, go to a phase, or close with a reason.
 #pragma once
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -69,6 +70,13 @@ struct Conn {
   sockaddr_storage target{};
   socklen_t target_len = 0;
   Relay relay;
+  // For the access log and the time histograms (monotonic clock).
+  int64_t accepted_ns = 0;
+  int64_t phase_ns = 0;      // when the handshake began, then when the first connect began
+  int64_t handshake_us = -1;
+  int64_t connect_us = -1;
+  sockaddr_in6 peer{};       // the client's address (access log on)
+  std::string sni;           // the server name as sent (access log on)
   int64_t deadline_ms = 0;
   int64_t timer_ms = 0;  // the deadline of this connection's live timer entry, 0 if none
   uint32_t next_free = 0;

@@ -73,6 +73,7 @@ Step SubmitRecv(ConnEnv& env, Conn& c) {
 
 Step HelloDone(ConnEnv& env, Conn& c, std::string_view sni) {
   HelloState& h = c.hello;
+  if (env.access_log != nullptr) c.sni.assign(sni);
   if (h.lowat_set) {
     int one = 1;
     setsockopt(c.client.fd(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));

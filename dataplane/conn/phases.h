@@ -10,6 +10,7 @@
 
 #include <absl/random/random.h>
 
+#include "dataplane/access_log.h"
 #include "dataplane/conn/connection.h"
 #include "dataplane/decide.h"
 #include "dataplane/options.h"
@@ -30,6 +31,9 @@ struct ConnEnv {
   // transport when none can be made.
   std::function<Transport(int family)> open_instance;
   absl::InsecureBitGen rng{};
+  WorkerHistograms* histograms = nullptr;  // null: not measured (tests)
+  AccessLog* access_log = nullptr;         // null: --access-log off
+  AccessLogQueue* access_queue = nullptr;  // this worker's queue in `access_log`
   const RouteSnapshot* snap = nullptr;  // this turn's; valid only while the worker handles it
   int64_t now_ms = 0;
   bool draining = false;

@@ -1,6 +1,12 @@
 // A worker's connections (see table.h and connection.h).
 #include "dataplane/conn/table.h"
 
+#include <sys/time.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dataplane/clock.h"
 #include "dataplane/log.h"
 
 namespace cvmgate {
@@ -52,6 +58,12 @@ bool Connections::Accept(Transport client) {
   free_head_ = c.next_free;
   live_.fetch_add(1, std::memory_order_relaxed);
   c.client = std::move(client);
+  c.accepted_ns = MonotonicNs();
+  if (env_.access_log != nullptr) {
+    // Now: once the client reset, its socket no longer tells.
+    socklen_t len = sizeof(c.peer);
+    if (getpeername(c.client.fd(), reinterpret_cast<sockaddr*>(&c.peer), &len) != 0) c.peer.sin6_family = AF_UNSPEC;
+  }
   Apply(c, Step::To(Phase::kHello));
   return true;
 }
@@ -78,6 +90,7 @@ void Connections::Apply(Conn& c, Step step) {
       Close(c, Counter::closed_relay_error);
       return;
     }
+    Timed(c, step.next);
     c.phase = step.next;
     SetDeadline(c, env_.now_ms + Timeout(c.phase));
     step = Enter(c);
@@ -128,9 +141,65 @@ void Connections::RunQueued() {
   }
 }
 
+void Connections::Timed(Conn& c, Phase next) {
+  if (next != Phase::kHandshake && next != Phase::kConnect && next != Phase::kRelay) return;
+  if (next == Phase::kConnect && c.phase == Phase::kConnect) return;  // another try: the time runs on
+  const int64_t now = MonotonicNs();
+  if (next == Phase::kConnect && c.phase == Phase::kHandshake) {
+    c.handshake_us = (now - c.phase_ns) / 1000;
+    if (env_.histograms != nullptr) env_.histograms->Observe(Histogram::kHandshake, c.handshake_us);
+  }
+  if (next == Phase::kRelay) {
+    c.connect_us = (now - c.phase_ns) / 1000;
+    if (env_.histograms != nullptr) env_.histograms->Observe(Histogram::kConnect, c.connect_us);
+  }
+  c.phase_ns = now;
+}
+
+void Connections::Logged(const Conn& c, Counter reason, int64_t duration_us) {
+  AccessRecord* r = env_.access_queue->Claim();
+  if (r == nullptr) {
+    env_.counters.Add(Counter::access_log_dropped);
+    return;
+  }
+  timeval tv;
+  gettimeofday(&tv, nullptr);
+  r->unix_us = static_cast<int64_t>(tv.tv_sec) * 1'000'000 + tv.tv_usec;
+  r->client = c.peer;
+  r->instance = {};
+  if (c.target_len > 0 && c.target_len <= sizeof(r->instance)) {
+    std::memcpy(&r->instance, &c.target, c.target_len);
+  }
+  r->sni_len = static_cast<uint16_t>(std::min(c.sni.size(), sizeof(r->sni)));
+  std::memcpy(r->sni, c.sni.data(), r->sni_len);
+  r->app_len = static_cast<uint8_t>(std::min(c.id.size(), sizeof(r->app)));
+  std::memcpy(r->app, c.id.data(), r->app_len);
+  r->routed = !c.id.empty();
+  r->mode = c.mode;
+  r->tls_version = 0;
+  r->cipher = nullptr;
+  if (SSL* ssl = c.client.ssl(); ssl != nullptr && c.handshake_us >= 0) {
+    r->tls_version = static_cast<uint16_t>(SSL_version(ssl));
+    if (const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl)) r->cipher = SSL_CIPHER_get_name(cipher);
+  }
+  r->bytes_in = c.relay.dir[0].bytes;
+  r->bytes_out = c.relay.dir[1].bytes;
+  r->handshake_us = c.handshake_us;
+  r->connect_us = c.connect_us;
+  r->duration_us = duration_us;
+  r->reason = reason;
+  env_.access_queue->Commit();
+  env_.access_log->Wake();
+}
+
 void Connections::Close(Conn& c, Counter reason) {
   if (c.phase == Phase::kClosing || c.phase == Phase::kFree) return;
   env_.counters.Add(reason);
+  if (env_.histograms != nullptr || env_.access_log != nullptr) {
+    const int64_t duration_us = (MonotonicNs() - c.accepted_ns) / 1000;
+    if (env_.histograms != nullptr) env_.histograms->Observe(Histogram::kDuration, duration_us);
+    if (env_.access_log != nullptr) Logged(c, reason, duration_us);
+  }
   c.phase = Phase::kClosing;
   if (c.inflight > 0) {
     for (const Transport* t : {&c.client, &c.instance}) {

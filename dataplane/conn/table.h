@@ -50,6 +50,10 @@ class Connections {
   void Apply(Conn& c, Step step);
   Step Enter(Conn& c);
   void Close(Conn& c, Counter reason);
+  // The times of a phase change that ends a handshake or a connect, into the histograms.
+  void Timed(Conn& c, Phase next);
+  // The access-log record of a closing connection, into this worker's queue (dropped when full).
+  void Logged(const Conn& c, Counter reason, int64_t duration_us);
   void MaybeFree(Conn& c);
   void SetDeadline(Conn& c, int64_t when_ms);
   int64_t Timeout(Phase phase) const;

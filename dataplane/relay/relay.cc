@@ -200,6 +200,7 @@ bool RelayEngine::FlushReplay(RelayConn& c, RelayStatus& st) {
     Io io = instance.Write(r.replay.get() + r.replay_sent, r.replay_len - r.replay_sent);
     if (io.status == Io::kBytes && io.bytes > 0) {
       r.replay_sent += io.bytes;
+      r.dir[0].bytes += io.bytes;
       counters_.Add(Counter::bytes_client_to_backend, io.bytes);
       st.moved = true;
       continue;
@@ -259,6 +260,7 @@ void RelayEngine::Delivered(Direction& x, int d, uint32_t n) {
     x.pipe_bytes -= n;
     HoldPipeBytes(-static_cast<int64_t>(n));
   }
+  x.bytes += n;
   counters_.Add(d == 0 ? Counter::bytes_client_to_backend : Counter::bytes_backend_to_client, n);
 }
 

@@ -36,6 +36,7 @@ struct Direction {
   std::unique_ptr<uint8_t[]> buf;  // copy: taken from the pool only while bytes move
   uint32_t buf_off = 0;
   uint32_t buf_len = 0;
+  uint64_t bytes = 0;  // delivered to the destination, for the access log
   uint32_t pending() const { return engine == Engine::kCopy ? buf_len - buf_off : pipe_bytes; }
 };
 

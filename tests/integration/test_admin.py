@@ -162,10 +162,22 @@ def test_metrics_parse_as_prometheus_text(ctl_bin, empty_gateway, backends):
     for f in families:
         assert f.name.startswith("cvmgate_"), f.name
         assert f.documentation, "%s has no HELP" % f.name
-        assert f.type in ("counter", "gauge"), (f.name, f.type)
+        assert f.type in ("counter", "gauge", "histogram"), (f.name, f.type)
         if f.type == "counter":
             assert all(sample.value >= 0 for sample in f.samples), f
+        if f.type == "histogram":
+            buckets = [s for s in f.samples if s.name.endswith("_bucket")]
+            counts = [s.value for s in buckets]
+            assert counts == sorted(counts) and buckets[-1].labels["le"] == "+Inf", f
+            count = [s.value for s in f.samples if s.name.endswith("_count")]
+            assert count == [counts[-1]], f
     assert by_name["cvmgate_closed_unknown_app"].samples[0].value == 1
+    reasons = {s.labels["reason"]: s.value for s in by_name["cvmgate_connections_closed"].samples}
+    assert reasons["unknown_app"] == 1 and reasons["done"] == 0 and "no_sni" in reasons, reasons
+    durations = {s.name: s.value for s in by_name["cvmgate_connection_duration_seconds"].samples
+                 if not s.name.endswith("_bucket")}
+    assert durations["cvmgate_connection_duration_seconds_count"] == 1, durations
+    assert set(by_name) >= {"cvmgate_connect_seconds", "cvmgate_handshake_seconds"}
     assert by_name["cvmgate_accepted"].samples[0].value >= 1
     workers = by_name["cvmgate_worker_live_connections"].samples
     assert sorted(s.labels["worker"] for s in workers) == ["0", "1"], workers

@@ -35,5 +35,26 @@ TEST(Metrics, MeasurementsKeepEveryDigit) {
   EXPECT_NE(t.find("\ncvmgate_i -Inf\n"), std::string::npos) << t;
 }
 
+TEST(Metrics, HistogramBucketsAreCumulativeInSeconds) {
+  MetricsText m;
+  const int64_t upper_us[] = {500, 1000};
+  m.Histogram("connect_seconds", "connects", upper_us, {2, 0, 3}, 1'500'000);
+  EXPECT_EQ(m.text(),
+            "# HELP cvmgate_connect_seconds connects\n# TYPE cvmgate_connect_seconds histogram\n"
+            "cvmgate_connect_seconds_bucket{le=\"0.0005\"} 2\n"
+            "cvmgate_connect_seconds_bucket{le=\"0.001\"} 2\n"
+            "cvmgate_connect_seconds_bucket{le=\"+Inf\"} 5\n"
+            "cvmgate_connect_seconds_sum 1.5\n"
+            "cvmgate_connect_seconds_count 5\n");
+}
+
+TEST(Metrics, LabelValuesAreEscaped) {
+  MetricsText m;
+  m.GaugePerLabel("app_live_connections", "live", "app", {{"web", 3}, {"a\"b\\c\nd", 1}});
+  EXPECT_NE(m.text().find("cvmgate_app_live_connections{app=\"web\"} 3\n"), std::string::npos) << m.text();
+  EXPECT_NE(m.text().find("cvmgate_app_live_connections{app=\"a\\\"b\\\\c\\nd\"} 1\n"), std::string::npos)
+      << m.text();
+}
+
 }  // namespace
 }  // namespace cvmgate
