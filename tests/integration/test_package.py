@@ -1,0 +1,371 @@
+"""tools/package: the .deb's files, modes, conffiles and man pages, then its maintainer scripts through
+install, upgrade, remove and purge in a throw-away root (dpkg --root with --force-script-chrootless: the
+scripts run on this host with $DPKG_ROOT set), and nothing written outside that root."""
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BINARIES = Path(os.environ.get("CVMGATE_BIN", REPO / "build" / "tools" / "cvmgate")).parent
+
+for tool, package in [("dpkg-deb", "dpkg"), ("dpkg-shlibdeps", "dpkg-dev"), ("help2man", "help2man")]:
+    if shutil.which(tool) is None:
+        pytest.skip("%s not installed (package %s): tools/package cannot build" % (tool, package),
+                    allow_module_level=True)
+
+BASE_VERSION = re.search(r"version\s*:\s*'([^']+)'", (REPO / "meson.build").read_text()).group(1)
+SHIPS_TOML = (REPO / "kernel-config" / "cvmgate.toml").is_file()
+SHIPS_ENV = re.search(r"^EnvironmentFile=-?/etc/cvmgate/cvmgate.env",
+                      (REPO / "kernel-config" / "systemd" / "cvmgate.service").read_text(), re.M) is not None
+CONFFILES = sorted((["/etc/cvmgate/cvmgate.env"] if SHIPS_ENV else [])
+                   + (["/etc/cvmgate/cvmgate.toml"] if SHIPS_TOML else []))
+# path in the package -> mode
+FILES = {
+    "usr/sbin/cvmgate": 0o755,
+    "usr/sbin/cvmgatectl": 0o755,
+    "usr/lib/cvmgate/cvmgate-nft": 0o755,
+    "usr/lib/cvmgate/cvmgate.nft": 0o644,
+    "lib/systemd/system/cvmgate.service": 0o644,
+    "usr/lib/sysctl.d/90-cvmgate.conf": 0o644,
+    "usr/lib/modules-load.d/cvmgate.conf": 0o644,
+    "usr/share/man/man8/cvmgate.8.gz": 0o644,
+    "usr/share/man/man8/cvmgatectl.8.gz": 0o644,
+    "usr/share/doc/cvmgate/copyright": 0o644,
+    "usr/share/doc/cvmgate/README.md": 0o644,
+    "usr/share/doc/cvmgate/changelog.gz": 0o644,
+}
+FILES.update({c.lstrip("/"): 0o644 for c in CONFFILES})
+# Where a package or tools/install would put cvmgate on this host: a test must leave them as they are.
+HOST_PATHS = ["/etc/cvmgate", "/var/lib/cvmgate", "/var/lib/private/cvmgate", "/run/cvmgate",
+              "/usr/sbin/cvmgate", "/usr/sbin/cvmgatectl", "/usr/bin/cvmgate", "/usr/lib/cvmgate",
+              "/lib/systemd/system/cvmgate.service", "/etc/systemd/system/cvmgate.service",
+              "/etc/systemd/system/multi-user.target.wants/cvmgate.service",
+              "/usr/lib/sysctl.d/90-cvmgate.conf", "/usr/lib/modules-load.d/cvmgate.conf",
+              "/usr/share/doc/cvmgate", "/usr/share/man/man8/cvmgate.8.gz"]
+# Commands the maintainer scripts may only run on a live system, never under $DPKG_ROOT.
+LIVE_COMMANDS = ["systemctl", "sysctl", "systemd-sysctl", "modprobe", "nft", "useradd", "adduser", "deb-systemd-invoke"]
+
+
+def run(*args, expect=0, env=None, cwd=REPO):
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == expect, "%s -> %d\n%s%s" % (" ".join(map(str, args)), p.returncode, p.stdout, p.stderr)
+    return p.stdout + p.stderr
+
+
+def package(out, *args, expect=0):
+    return run(REPO / "tools" / "package", "--binaries", BINARIES, "--out", out, *args, expect=expect)
+
+
+def only_deb(directory):
+    debs = list(Path(directory).glob("*.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+def field(deb, name):
+    return run("dpkg-deb", "-f", deb, name).strip()
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory):
+    """(v1, v2): the package as tools/package makes it, and a later version whose default flags file
+    differs (a new default the admin has not seen)."""
+    d1 = tmp_path_factory.mktemp("deb1")
+    out = package(d1)
+    v1 = only_deb(d1)
+    assert "built %s" % v1 in out, out
+    d2 = tmp_path_factory.mktemp("deb2")
+    version2 = field(v1, "Version") + "+1"
+    package(d2, "--version", version2)
+    built = only_deb(d2)
+    tree = tmp_path_factory.mktemp("tree") / "cvmgate"
+    run("dpkg-deb", "-R", built, tree)
+    built.unlink()
+    if SHIPS_ENV:
+        with open(tree / "etc/cvmgate/cvmgate.env", "a") as f:
+            f.write("# a default new in %s\n" % version2)
+    v2 = d2 / built.name
+    run("dpkg-deb", "--root-owner-group", "-Zgzip", "-b", tree, v2)
+    return v1, v2
+
+
+def test_version_name_and_control_fields(debs):
+    v1, v2 = debs
+    version = field(v1, "Version")
+    m = re.fullmatch(re.escape(BASE_VERSION) + r"(\+git\d+\.([0-9a-f]{7,}))?", version)
+    assert m, version
+    if m.group(2):
+        run("git", "cat-file", "-e", m.group(2) + "^{commit}")
+    arch = run("dpkg", "--print-architecture").strip()
+    assert v1.name == "cvmgate_%s_%s.deb" % (version, arch)
+    run("dpkg", "--compare-versions", field(v2, "Version"), "gt", version)
+    assert field(v1, "Package") == "cvmgate" and field(v1, "Architecture") == arch
+    assert re.fullmatch(r".+ <[^ ]+@[^ ]+>", field(v1, "Maintainer")), field(v1, "Maintainer")
+    depends = field(v1, "Depends")
+    for dep in ["libc6 (>=", "libssl3", "liburing2", "nftables"]:
+        assert dep in depends, depends
+
+
+def test_files_modes_and_conffiles(debs, tmp_path):
+    v1, _ = debs
+    listing = run("dpkg-deb", "-c", v1).splitlines()
+    files, dirs = {}, []
+    for line in listing:
+        perms, owner, _size, _date, _time, path = line.split(None, 5)
+        assert owner == "root/root", line
+        path = path[2:] if path.startswith("./") else path
+        if perms.startswith("d"):
+            assert perms == "drwxr-xr-x", line
+            dirs.append(path)
+        else:
+            assert perms[0] == "-", "only regular files: " + line
+            files[path] = perms
+    assert sorted(files) == sorted(FILES)
+    for path, mode in FILES.items():
+        expected = "-" + "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+        assert files[path] == expected, (path, files[path])
+    control = run("dpkg-deb", "-I", v1)
+    for member in ["postinst", "prerm", "postrm", "md5sums"] + (["conffiles"] if CONFFILES else []):
+        assert re.search(r"\s%s\s" % member, control), member
+    if CONFFILES:
+        assert sorted(run("dpkg-deb", "-I", v1, "conffiles").split()) == CONFFILES
+
+    tree = tmp_path / "x"
+    run("dpkg-deb", "-x", v1, tree)
+    assert run(tree / "usr/sbin/cvmgate", "--version").strip() == "cvmgate " + BASE_VERSION
+    sections = run("readelf", "-S", tree / "usr/sbin/cvmgate")
+    assert ".debug_info" not in sections and ".symtab" not in sections, "the binaries are stripped"
+    unit = (tree / "lib/systemd/system/cvmgate.service").read_text()
+    for line in ["ExecStart=/usr/sbin/cvmgate ", "ExecStartPre=+/usr/lib/cvmgate/cvmgate-nft apply",
+                 "Documentation=man:cvmgate(8) file:/usr/share/doc/cvmgate/README.md", "DynamicUser=yes",
+                 "StateDirectory=cvmgate", "NoNewPrivileges=yes", "ProtectSystem=strict"]:
+        assert line in unit, line
+    assert "/usr/local" not in unit
+    sysctl = (tree / "usr/lib/sysctl.d/90-cvmgate.conf").read_text()
+    assert "net.core.somaxconn = 65535" in sysctl and "net.ipv4.conf.wg-cvm.rp_filter = 1" in sysctl
+    assert (tree / "usr/lib/modules-load.d/cvmgate.conf").read_text() == \
+        (REPO / "kernel-config/modules-load.d/cvmgate.conf").read_text()
+    assert (tree / "usr/lib/cvmgate/cvmgate.nft").read_text() == \
+        (REPO / "kernel-config/nftables/cvmgate.nft").read_text()
+    if SHIPS_TOML:
+        assert (tree / "etc/cvmgate/cvmgate.toml").read_bytes() == (REPO / "kernel-config/cvmgate.toml").read_bytes()
+    # The default flags file is the one tools/install writes for the default interface.
+    if SHIPS_ENV:
+        staged = tmp_path / "installed"
+        run(REPO / "tools" / "install", "--root", staged, "--binaries", BINARIES)
+        assert (tree / "etc/cvmgate/cvmgate.env").read_text() == (staged / "etc/cvmgate/cvmgate.env").read_text()
+    copyright_text = (tree / "usr/share/doc/cvmgate/copyright").read_text()
+    assert copyright_text.startswith("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/")
+    assert "License: Apache-2.0" in copyright_text
+    changelog = gzip.decompress((tree / "usr/share/doc/cvmgate/changelog.gz").read_bytes()).decode()
+    assert changelog.startswith("cvmgate (%s) " % field(v1, "Version")), changelog
+
+
+def test_man_pages_render_without_warnings_and_list_every_flag(debs, tmp_path):
+    v1, _ = debs
+    tree = tmp_path / "x"
+    run("dpkg-deb", "-x", v1, tree)
+    for page, binary in [("cvmgate", "cvmgate"), ("cvmgatectl", "cvmgatectl")]:
+        path = tree / ("usr/share/man/man8/%s.8.gz" % page)
+        source = tmp_path / ("%s.8" % page)
+        source.write_bytes(gzip.decompress(path.read_bytes()))
+        p = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(source)], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0 and p.stderr == "", p.stderr
+        if shutil.which("mandoc"):
+            p = subprocess.run(["mandoc", "-Tlint", "-W", "warning", str(source)], capture_output=True, text=True,
+                               timeout=60)
+            assert p.stdout + p.stderr == "", p.stdout + p.stderr
+        if shutil.which("lexgrog"):
+            assert ': "%s - ' % page in run("lexgrog", path)
+        text = run("man", "-l", path, env=dict(os.environ, MANWIDTH="80"))
+        for heading in ["NAME", "SYNOPSIS", "DESCRIPTION", "FILES" if page == "cvmgate" else "VERBS", "SEE ALSO"]:
+            assert re.search(r"^%s$" % heading, text, re.M), "%s(8) lacks %s" % (page, heading)
+        roff = source.read_text().replace("\\-", "-")
+        helptext = run(BINARIES / binary, "--help")
+        for flag in sorted(set(re.findall(r"^\s+(--[a-z0-9-]+)", helptext, re.M))):
+            assert re.search(r"(?<![a-z-])%s(?![a-z-])" % flag, roff), "%s(8) lacks %s" % (page, flag)
+    roff = gzip.decompress((tree / "usr/share/man/man8/cvmgatectl.8.gz").read_bytes()).decode().replace("\\-", "-")
+    verbs = re.findall(r"^  ([a-z][a-z-]+)", run(BINARIES / "cvmgatectl", "--help").split("verbs:")[1], re.M)
+    assert len(verbs) >= 5, verbs
+    section = roff.split(".SH VERBS", 1)[1]
+    for verb in verbs:
+        assert ".B %s" % verb in section, "cvmgatectl(8) VERBS lacks " + verb
+    roff = gzip.decompress((tree / "usr/share/man/man8/cvmgate.8.gz").read_bytes()).decode().replace("\\-", "-")
+    assert ".B cvmgate probe" in roff
+
+
+class Root:
+    """A throw-away root with an empty dpkg database; dpkg runs the maintainer scripts on this host with
+    $DPKG_ROOT pointing here, and stubs of the live-system commands record any call."""
+
+    def __init__(self, path):
+        self.path = path
+        for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "var/lib/dpkg/triggers", "var/log"]:
+            (path / d).mkdir(parents=True)
+        for f in ["var/lib/dpkg/status", "var/lib/dpkg/available"]:
+            (path / f).touch()
+        # What a host with systemd has before cvmgate comes.
+        for d in ["etc/systemd/system", "run", "var/lib/private"]:
+            (path / d).mkdir(parents=True)
+        self.stubs = path.parent / (path.name + "-stubs")
+        self.stubs.mkdir()
+        self.calls = path.parent / (path.name + "-calls")
+        for cmd in LIVE_COMMANDS:
+            stub = self.stubs / cmd
+            stub.write_text('#!/bin/sh\necho "%s $*" >> "%s"\n' % (cmd, self.calls))
+            stub.chmod(0o755)
+        self.env = dict(os.environ, DEBIAN_FRONTEND="noninteractive",
+                        PATH="%s:%s" % (self.stubs, os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")))
+        self.empty = self.entries()
+
+    def dpkg(self, *args, expect=0):
+        # --log: dpkg --root still logs to the host's /var/log/dpkg.log unless told otherwise.
+        return run("dpkg", "--root", self.path, "--log", self.path / "var/log/dpkg.log", "--force-script-chrootless",
+                   "--force-depends", *args, expect=expect, env=self.env)
+
+    def status(self):
+        p = subprocess.run(["dpkg-query", "--admindir", str(self.path / "var/lib/dpkg"), "-W",
+                            "-f", "${Status} ${Version}", "cvmgate"], capture_output=True, text=True, timeout=60)
+        return p.stdout.strip() if p.returncode == 0 else "not installed"
+
+    def live_calls(self):
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+    def entries(self, files_only=False):
+        """Every path under the root (or every file), but dpkg's own database and log."""
+        return sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
+                      if not str(p.relative_to(self.path)).startswith(("var/lib/dpkg", "var/log"))
+                      and (p.is_file() or not files_only))
+
+
+def host_state():
+    state = {}
+    for path in HOST_PATHS:
+        try:
+            st = os.lstat(path)
+            state[path] = (st.st_mode, st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            state[path] = None
+    p = subprocess.run(["dpkg-query", "-W", "-f", "${Status} ${Version}", "cvmgate"], capture_output=True, text=True)
+    state["dpkg-query cvmgate"] = p.stdout
+    try:
+        log = Path("/var/log/dpkg.log").read_text(errors="replace")
+        state["host dpkg.log mentions cvmgate"] = log.count(" cvmgate")
+    except FileNotFoundError:
+        pass
+    return state
+
+
+@pytest.fixture
+def host_untouched():
+    before = host_state()
+    yield
+    assert host_state() == before, "something was written outside the throw-away root"
+
+
+def test_install_upgrade_remove_purge(debs, tmp_path, host_untouched):
+    v1, v2 = debs
+    version1, version2 = field(v1, "Version"), field(v2, "Version")
+    root = Root(tmp_path / "root")
+
+    out = root.dpkg("-i", v1)
+    assert root.status() == "install ok installed " + version1, out
+    assert "systemctl enable --now cvmgate" in out, "first install says how to start it"
+    for path, mode in FILES.items():
+        st = os.lstat(root.path / path)
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (mode, 0, 0), path
+    assert run(root.path / "usr/sbin/cvmgate", "--version").strip() == "cvmgate " + BASE_VERSION
+    assert run(root.path / "usr/sbin/cvmgatectl", "--help").startswith("usage: cvmgatectl")
+    # DynamicUser=yes and StateDirectory=: systemd makes the user and /var/lib/private/cvmgate at start.
+    assert not (root.path / "var/lib/cvmgate").exists() and not (root.path / "etc/passwd").exists()
+    assert root.live_calls() == [], "a maintainer script touched the live system under DPKG_ROOT"
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", "--root=%s" % root.path, "cvmgate.service"],
+                                capture_output=True, text=True, timeout=60)
+        problems = [l for l in verify.stderr.splitlines() if re.search(r"Unknown|Invalid|Failed to parse|bad", l)]
+        assert not problems, problems
+        security = subprocess.run(["systemd-analyze", "security", "--offline=true", "--root=%s" % root.path,
+                                   "cvmgate.service"], capture_output=True, text=True, timeout=60)
+        level = re.search(r"Overall exposure level for cvmgate.service: ([0-9.]+)", security.stdout)
+        assert level and float(level.group(1)) <= 2.5, security.stdout + security.stderr
+
+    # The gateway ran (state and key, as systemd lays them out with DynamicUser), was enabled, and the
+    # admin edited its flags.
+    private = root.path / "var/lib/private/cvmgate"
+    private.mkdir(mode=0o700)
+    (private / "state.json").write_text('{"apps": {}, "instances": {}}\n')
+    (private / "wg.key").write_text("key\n")
+    (root.path / "var/lib/cvmgate").symlink_to("private/cvmgate")
+    (root.path / "run/cvmgate").mkdir()
+    (root.path / "run/cvmgate/admin.sock").touch()
+    wants = root.path / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir()
+    (wants / "cvmgate.service").symlink_to("/lib/systemd/system/cvmgate.service")
+    conf = root.path / CONFFILES[0].lstrip("/") if CONFFILES else None
+    if conf:
+        conf.write_text(conf.read_text() + "# edited by the admin\n")
+        edited = conf.read_text()
+
+    out = root.dpkg("--force-confold", "--force-confdef", "-i", v2)
+    assert root.status() == "install ok installed " + version2, out
+    assert "systemctl enable --now cvmgate" not in out, "an upgrade is not a first install"
+    if conf:
+        assert conf.read_text() == edited, "the upgrade kept the admin's flags"
+        if SHIPS_ENV and conf.name == "cvmgate.env":
+            assert "a default new in" in Path(str(conf) + ".dpkg-dist").read_text(), "the new default beside it"
+    assert (private / "wg.key").read_text() == "key\n" and (wants / "cvmgate.service").is_symlink()
+    assert root.live_calls() == []
+
+    root.dpkg("-r", "cvmgate")
+    assert root.status() == "deinstall ok config-files " + version2
+    for path in FILES:
+        assert ("/" + path in CONFFILES) == (root.path / path).exists(), path
+    if conf:
+        assert conf.read_text() == edited, "removal keeps the configuration"
+    assert (private / "state.json").exists(), "removal keeps the registry"
+
+    out = root.dpkg("-P", "cvmgate")
+    assert root.status() == "not installed"
+    assert "no packages found matching cvmgate" in run("dpkg", "--root", root.path, "-l", "cvmgate", expect=1)
+    assert root.entries() == root.empty, "purge left: %s" % sorted(set(root.entries()) - set(root.empty))
+    assert root.live_calls() == []
+
+
+def test_purge_keeps_files_the_package_did_not_ship(debs, tmp_path, host_untouched):
+    v1, _ = debs
+    root = Root(tmp_path / "root")
+    root.dpkg("-i", v1)
+    (root.path / "etc/cvmgate/gw.example.com.pem").write_text("certificate\n")
+    out = root.dpkg("-P", "cvmgate")
+    assert root.status() == "not installed"
+    assert "kept /etc/cvmgate" in out, out
+    assert root.entries() == sorted(root.empty + ["etc/cvmgate", "etc/cvmgate/gw.example.com.pem"])
+
+
+def test_install_over_a_tools_install_copy_warns_about_its_unit(debs, tmp_path, host_untouched):
+    v1, _ = debs
+    root = Root(tmp_path / "root")
+    run(REPO / "tools" / "install", "--root", root.path, "--binaries", BINARIES)
+    out = root.dpkg("-i", v1)
+    assert root.status().startswith("install ok installed"), out
+    assert "installed by tools/install" in out and "/etc/systemd/system/cvmgate.service" in out, out
+    root.dpkg("-P", "cvmgate")
+    run(REPO / "tools" / "uninstall", "--root", root.path, "--purge")
+    assert root.entries(files_only=True) == []
+
+
+def test_bad_package_arguments_are_refused(tmp_path):
+    assert "unknown argument" in package(tmp_path, "--frobnicate", expect=2)
+    assert "has no '-'" in package(tmp_path, "--version", "1.0-1", expect=1)
+    assert "not a valid Debian version" in package(tmp_path, "--version", "1.0 beta", expect=1)
+    assert "not found" in run(REPO / "tools" / "package", "--binaries", tmp_path / "none", "--out", tmp_path,
+                              expect=1)
+    assert list(tmp_path.glob("*.deb")) == []
