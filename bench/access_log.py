@@ -12,6 +12,8 @@ against bench/sink.cc rr), --count connections per run.
   cvmgate-json    --access-log FILE --access-log-format json
   nginx-off       stream, ssl_preread + map, worker_processes 1, access_log off
   nginx-log       the same with a stream access_log (buffer=64k)
+  cvmgate-baseline  --baseline BINARY, log off: an older cvmgate (e.g. one without the access log and
+                  the time histograms), to measure what measuring costs; only with --baseline
 
 Each repetition starts every product afresh; the order rotates. The proxy runs on --proxy-cpus, the
 load and the sink on --client-cpus. Reported: conn/s and the proxy's CPU-ms per connection (median,
@@ -30,7 +32,7 @@ from pathlib import Path
 from benchlib import (BUILD, CLK_TCK, NGINX_STREAM_MODULE, ROOT, build_tools, Deadline, finish_report, free_port,
                       log, Process, rotated, Sink, taskset, tree_ticks)
 
-PRODUCTS = ("cvmgate-off", "cvmgate-logfmt", "cvmgate-json", "nginx-off", "nginx-log")
+PRODUCTS = ("cvmgate-off", "cvmgate-logfmt", "cvmgate-json", "nginx-off", "nginx-log", "cvmgate-baseline")
 BASE_DOMAIN = "example.test"
 
 
@@ -46,10 +48,11 @@ def start(product, args, workdir, backend, tag):
         state = workdir / f"state-{tag}.json"
         state.write_text(json.dumps({"version": 1, "apps": {"app": {"instances": [
             {"id": "app-i1", "address": "127.0.0.1", "ports": "1024-65535"}]}}}))
-        cmd = [str(args.cvmgate), "--listen", f"127.0.0.1:{port}", "--base-domain", BASE_DOMAIN,
+        binary = args.baseline if product == "cvmgate-baseline" else args.cvmgate
+        cmd = [str(binary), "--listen", f"127.0.0.1:{port}", "--base-domain", BASE_DOMAIN,
                "--state", str(state), "--admin", f"unix:{workdir}/admin-{tag}.sock", "--workers", "1",
                "--app-max-connections", "100000"]
-        if product != "cvmgate-off":
+        if product in ("cvmgate-logfmt", "cvmgate-json"):
             cmd += ["--access-log", str(access)]
         if product == "cvmgate-json":
             cmd += ["--access-log-format", "json"]
@@ -110,13 +113,13 @@ def run_one(product, args, workdir, sink, tag):
         r["conn_per_s"] = res["conn_per_s"]
         r["connections"] = res["completed"]
         r["cpu_ms_per_conn"] = (tree_ticks(proc.p.pid) - t0) / CLK_TCK * 1e3 / res["completed"]
-        if product.startswith("cvmgate") and product != "cvmgate-off":
+        if product in ("cvmgate-logfmt", "cvmgate-json"):
             r["dropped"] = dropped(workdir, tag)
     except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError, KeyError) as e:
         err = f"{product}: {e}"
     finally:
         proc.stop()  # nginx flushes its buffered log, cvmgate its queues, on the way out
-    if not err and product not in ("cvmgate-off", "nginx-off"):
+    if not err and product in ("cvmgate-logfmt", "cvmgate-json", "nginx-log"):
         # Lines of the load's connections (the start-up probe's carries no server name).
         lines = sum(sni(sink.port) in l for l in access.read_text().splitlines()) if access.exists() else 0
         r["log_lines"] = lines
@@ -135,7 +138,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--count", type=int, default=20000, help="connections per run")
-    ap.add_argument("--products", default=",".join(PRODUCTS))
+    ap.add_argument("--products", default=",".join(PRODUCTS[:-1]))
+    ap.add_argument("--baseline", type=Path, help="an older cvmgate binary, run as cvmgate-baseline")
     ap.add_argument("--cvmgate", type=Path, default=ROOT / "build/tools/cvmgate")
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
     ap.add_argument("--proxy-cpus", default="1")
@@ -149,6 +153,10 @@ def main():
     unknown = set(products) - set(PRODUCTS)
     if unknown:
         ap.error(f"unknown products {sorted(unknown)}")
+    if args.baseline and "cvmgate-baseline" not in products:
+        products.append("cvmgate-baseline")
+    if "cvmgate-baseline" in products and not args.baseline:
+        ap.error("cvmgate-baseline needs --baseline BINARY")
     build_tools(("loadgen", "sink"))
     deadline = Deadline(args.max_seconds)
     sink = Sink(args.client_cpus, args.start_timeout, mode="rr")
@@ -178,9 +186,11 @@ def main():
           f"32 at a time, 1 KiB each way; {args.reps} reps, proxy on CPU {args.proxy_cpus})\n")
     print("| product | conn/s median (min-max) | CPU-ms/conn median (min-max) | conn/s vs no log | "
           "CPU/conn vs no log | records dropped |")
+    # (with --baseline, cvmgate-off's row is against the baseline binary: what the histograms cost)
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for product, row in rows.items():
-        base = rows.get("cvmgate-off" if product.startswith("cvmgate") else "nginx-off")
+        base = rows.get("cvmgate-baseline" if product == "cvmgate-off" and "cvmgate-baseline" in rows else
+                        "cvmgate-off" if product.startswith("cvmgate") else "nginx-off")
         c, cpu = row["conn_per_s"], row["cpu_ms_per_conn"]
         vs = (f"{c[0] / base['conn_per_s'][0]:.3f}", f"{cpu[0] / base['cpu_ms_per_conn'][0]:.3f}") if base else ("", "")
         print(f"| {product} | {c[0]:.0f} ({c[1]:.0f}-{c[2]:.0f}) | {cpu[0]:.4f} ({cpu[1]:.4f}-{cpu[2]:.4f}) | "
