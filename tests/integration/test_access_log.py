@@ -222,3 +222,29 @@ def test_a_blocked_log_drops_and_counts_but_never_holds_connections(ctl_bin, mak
         assert refused["reason"] == "closed_unknown_app"
     finally:
         os.close(reader)
+
+
+def test_logrotate_with_the_shipped_rule_loses_no_line(ctl_bin, make_gateway, cert, echo_port, tmp_path):
+    """The shipped logrotate rule, run by logrotate itself (its path and its signal pointed at this
+    gateway): the old lines end in access.log.1, the next ones in a new access.log."""
+    path = tmp_path / "access.log"
+    gw = logging_gateway(make_gateway, cert, "--access-log", str(path))
+    for i in range(3):
+        terminated_exchange(gw, cert, echo_port, b"x" * (i + 1))
+    peers.wait_until(lambda: len(lines_of(path)) == 3, 10, "three lines")
+    shipped = open(os.path.join(os.path.dirname(__file__), "../../kernel-config/logrotate.d/cvmgate")).read()
+    assert "/var/log/cvmgate/access.log {" in shipped and "systemctl kill --signal=SIGUSR2" in shipped
+    rule = (shipped.replace("/var/log/cvmgate/access.log", str(path))
+            .replace("systemctl kill --signal=SIGUSR2 --kill-whom=main cvmgate.service", "kill -USR2 %d" % gw.proc.pid))
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(rule)
+    p = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "logrotate.state"), str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p
+    peers.wait_until(lambda: metrics(ctl_bin, gw).get("cvmgate_access_log_reopens_total") == 1, 10, "the reopen")
+    for i in range(2):
+        terminated_exchange(gw, cert, echo_port, b"y" * (i + 10))
+    peers.wait_until(lambda: len(lines_of(path)) == 2, 10, "two lines in the new file")
+    rotated = lines_of(str(path) + ".1")  # delaycompress: the newest rotation stays plain
+    assert [logfmt(l)["bytes_in"] for l in rotated] == ["1", "2", "3"]
+    assert [logfmt(l)["bytes_in"] for l in lines_of(path)] == ["10", "11"]
