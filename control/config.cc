@@ -1,7 +1,9 @@
 // Daemon configuration: a table-driven flag parser, so --help and parsing never disagree.
 #include "control/config.h"
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
 #include <functional>
 #include <utility>
 #include <vector>
@@ -9,11 +11,15 @@
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
 #include <absl/strings/str_format.h>
+#include <absl/strings/str_join.h>
+
+#include <toml++/toml.h>
 
 #include "control/args.h"
 #include "control/etcd/client.h"
 #include "dataplane/addresses.h"
 #include "dataplane/host_name.h"
+#include "dataplane/strings.h"
 
 namespace cvmgate {
 namespace {
@@ -24,7 +30,11 @@ struct Flag {
   const char* default_text;
   const char* help;
   std::function<absl::Status(Config&, const std::string&)> set;
+  bool repeats = false;  // each value adds one (--listen); a config file gives them as an array
 };
+
+// Flags whose every value counts; on the command line they replace the config file's list.
+bool Repeats(std::string_view name) { return name == "listen" || name == "base-domain" || name == "tls-cert"; }
 
 absl::Status Bad(const char* flag, const std::string& value, const std::string& want) {
   return absl::InvalidArgumentError(absl::StrCat("--", flag, "=", value, ": ", want));
@@ -274,6 +284,13 @@ const std::vector<Flag>& Flags() {
        IntFlag("app-max-connections", &Config::app_max_connections, 1, 1 << 24)},
       {"backlog", "N", "4096", "listen backlog of each listening socket",
        IntFlag("backlog", &Config::backlog, 1, 1 << 20)},
+      {"config", "FILE", "",
+       "TOML file of flags, one key per flag by the same name (listen = [\"0.0.0.0:443\"], hello-timeout = \"5s\", "
+       "proxy-protocol = true); flags given on the command line win; SIGHUP reads it again",
+       [](Config& c, const std::string& v) {
+         c.config_file = v;
+         return absl::OkStatus();
+       }},
       {"help", nullptr, "", "print this help and exit",
        [](Config& c, const std::string&) {
          c.help = true;
@@ -319,6 +336,68 @@ const std::vector<Flag>& Flags() {
 
 }  // namespace
 
+namespace {
+
+bool IsLive(std::string_view name) {
+  static constexpr std::string_view kLive[] = {
+      "tls-cert",     "tls-min-version", "tls-ciphers",       "tls-ciphersuites", "app-max-connections",
+      "hello-timeout", "handshake-timeout", "connect-timeout", "idle-timeout",     "access-log",
+      "access-log-format", "metrics-per-app"};
+  return std::find(std::begin(kLive), std::end(kLive), name) != std::end(kLive);
+}
+
+std::vector<std::string> ValuesOf(const std::vector<std::pair<std::string, std::string>>& options,
+                                  std::string_view name) {
+  std::vector<std::string> out;
+  for (const auto& [n, v] : options) {
+    if (n == name) out.push_back(v);
+  }
+  // A flag that does not repeat: the last value is the one in force.
+  if (!Repeats(name) && out.size() > 1) out.erase(out.begin(), out.end() - 1);
+  return out;
+}
+
+}  // namespace
+
+ConfigChanges CompareConfigs(const std::vector<std::pair<std::string, std::string>>& in_force,
+                             const std::vector<std::pair<std::string, std::string>>& fresh) {
+  ConfigChanges out;
+  for (const Flag& f : Flags()) {
+    if (ValuesOf(in_force, f.name) == ValuesOf(fresh, f.name)) continue;
+    (IsLive(f.name) ? out.live : out.restart).push_back(f.name);
+  }
+  return out;
+}
+
+std::string DescribeChanges(const std::vector<std::pair<std::string, std::string>>& in_force,
+                            const std::vector<std::pair<std::string, std::string>>& fresh,
+                            const std::vector<std::string>& names) {
+  auto text = [](const std::vector<std::string>& values) {
+    return values.empty() ? std::string("(default)") : absl::StrJoin(values, " ");
+  };
+  std::vector<std::string> out;
+  for (const std::string& name : names) {
+    out.push_back(absl::StrCat(name, " ", text(ValuesOf(in_force, name)), " -> ", text(ValuesOf(fresh, name))));
+  }
+  return absl::StrJoin(out, ", ");
+}
+
+std::vector<std::pair<std::string, std::string>> AfterLiveChanges(
+    const std::vector<std::pair<std::string, std::string>>& in_force,
+    const std::vector<std::pair<std::string, std::string>>& fresh, const ConfigChanges& changes) {
+  auto live = [&](const std::string& name) {
+    return std::find(changes.live.begin(), changes.live.end(), name) != changes.live.end();
+  };
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& o : in_force) {
+    if (!live(o.first)) out.push_back(o);
+  }
+  for (const auto& o : fresh) {
+    if (live(o.first)) out.push_back(o);
+  }
+  return out;
+}
+
 WorkerOptions WorkerOptionsOf(const Config& config) {
   auto ms = [](absl::Duration d) { return absl::ToInt64Milliseconds(d); };
   WorkerOptions o;
@@ -353,6 +432,66 @@ absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text) {
   return out;
 }
 
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadConfigFile(const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);  // Debian's toml++ reports errors as exceptions
+  } catch (const toml::parse_error& e) {
+    if (!e.source().begin) return absl::InvalidArgumentError(absl::StrCat(path, ": ", AbslView(e.description())));
+    return absl::InvalidArgumentError(absl::StrCat(path, ":", e.source().begin.line, ":", e.source().begin.column,
+                                                   ": ", AbslView(e.description())));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  // Keys in the order the file gives them: where a flag's effect depends on order, the file says it.
+  std::vector<std::pair<std::string_view, const toml::node*>> keys;
+  for (const auto& [key, node] : table) keys.emplace_back(key.str(), &node);
+  std::sort(keys.begin(), keys.end(), [](const auto& a, const auto& b) {
+    const auto& x = a.second->source().begin;
+    const auto& y = b.second->source().begin;
+    return x.line != y.line ? x.line < y.line : x.column < y.column;
+  });
+  for (const auto& [key, node] : keys) {
+    auto where = [&, node = node] {
+      return absl::StrCat(path, ":", node->source().begin.line, ": ", AbslView(key));
+    };
+    const Flag* flag = nullptr;
+    for (const Flag& f : Flags()) {
+      if (key == f.name) flag = &f;
+    }
+    if (flag == nullptr || key == "config" || key == "help" || key == "version") {
+      return absl::InvalidArgumentError(absl::StrCat(where(), ": no such flag (see cvmgate --help)"));
+    }
+    // One value as the flag's text: a string as it is, a whole number, true/false (a switch is given
+    // by true; for an on|off flag, true is on).
+    auto text = [&](const toml::node& v) -> absl::StatusOr<std::optional<std::string>> {
+      if (auto s = v.as_string()) return std::optional<std::string>(s->get());
+      if (auto i = v.as_integer()) return std::optional<std::string>(absl::StrCat(i->get()));
+      if (auto b = v.as_boolean()) {
+        if (flag->arg == nullptr) return b->get() ? std::optional<std::string>("") : std::nullopt;
+        return std::optional<std::string>(b->get() ? "on" : "off");
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat(where(), ": expected a string, a whole number or true/false (", flag->arg ? flag->arg : "",
+                       ")"));
+    };
+    if (const toml::array* list = node->as_array()) {
+      if (!Repeats(key)) {
+        return absl::InvalidArgumentError(absl::StrCat(where(), ": takes one value, not a list"));
+      }
+      for (const toml::node& v : *list) {
+        auto t = text(v);
+        if (!t.ok()) return t.status();
+        if (*t) out.emplace_back(std::string(key), **t);
+      }
+      continue;
+    }
+    auto t = text(*node);
+    if (!t.ok()) return t.status();
+    if (*t) out.emplace_back(std::string(key), **t);
+  }
+  return out;
+}
+
 absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
   auto find = [](std::string_view name) -> const Flag* {
     for (const Flag& f : Flags()) {
@@ -368,12 +507,30 @@ absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args) {
   if (!parsed->positional.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", parsed->positional[0], "' (see --help)"));
   }
+  // The file's flags first, then the command line's: a later value wins, and a repeating flag given
+  // on the command line replaces the file's list.
+  std::vector<std::pair<std::string, std::string>> options;
+  std::string file = parsed->Get("config");
+  if (!file.empty()) {
+    auto from_file = ReadConfigFile(file);
+    if (!from_file.ok()) return from_file.status();
+    for (auto& [name, value] : *from_file) {
+      if (Repeats(name) && parsed->Has(name)) continue;
+      options.emplace_back(std::move(name), std::move(value));
+    }
+  }
+  options.insert(options.end(), parsed->options.begin(), parsed->options.end());
   Config c;
   bool listen_given = false;
-  for (const auto& [name, value] : parsed->options) {
+  for (const auto& [name, value] : options) {
     if (name == "listen") listen_given = true;
-    if (auto s = find(name)->set(c, value); !s.ok()) return s;
+    if (auto s = find(name)->set(c, value); !s.ok()) {
+      return file.empty() || parsed->Has(name)
+                 ? s
+                 : absl::InvalidArgumentError(absl::StrCat(file, ": ", s.message()));
+    }
   }
+  c.effective = std::move(options);
   if (c.help || c.version) return c;
   if (!listen_given) {
     auto a = ParseListenAddress("0.0.0.0:443");
@@ -407,7 +564,8 @@ std::string Usage() {
     out += "\n";
   }
   out +=
-      "\nsignals: SIGHUP reloads the registry and the certificates; SIGUSR1 prints the counters;\n"
+      "\nsignals: SIGHUP reads --config again (applies what can change while running) and reloads the\n"
+      "registry and the certificates; SIGUSR1 prints the counters;\n"
       "SIGUSR2 reopens the access log;\n"
       "SIGTERM/SIGINT stop accepting and drain live relays for up to --drain-timeout, then exit.\n";
   return out;

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <absl/status/statusor.h>
@@ -58,17 +59,43 @@ struct Config {
   int backlog = 4096;
   AccessLogOptions access_log;
   bool metrics_per_app = true;
+  std::string config_file;  // --config
+  // Every flag as it took effect, the file's first, in order (what a reload compares).
+  std::vector<std::pair<std::string, std::string>> effective;
   bool help = false;
   bool version = false;
 };
 
-// Parses argv (without argv[0]). Errors name the flag and say what it takes.
+// Parses argv (without argv[0]), after the --config file when one is named. Errors name the flag and
+// say what it takes (and the file and line for the file's).
 absl::StatusOr<Config> ParseFlags(const std::vector<std::string>& args);
+
+// The flags a TOML config file gives, as (name, value) in the file's order: a key per flag by the
+// same name; a string, a whole number, true/false, or a list of these for a flag that repeats.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadConfigFile(const std::string& path);
 
 // The --help text: every flag with its default.
 std::string Usage();
 
 absl::StatusOr<ListenAddress> ParseListenAddress(const std::string& text);
+
+// What a re-read config changes, flag by flag (by name, in --help order), split into what applies
+// while running (certificates, TLS policy, limits, timeouts, log settings) and what needs a restart.
+struct ConfigChanges {
+  std::vector<std::string> live;
+  std::vector<std::string> restart;
+  bool empty() const { return live.empty() && restart.empty(); }
+};
+ConfigChanges CompareConfigs(const std::vector<std::pair<std::string, std::string>>& in_force,
+                             const std::vector<std::pair<std::string, std::string>>& fresh);
+// "hello-timeout 5s -> 2s" for each of `names` (a flag not given: "(default)").
+std::string DescribeChanges(const std::vector<std::pair<std::string, std::string>>& in_force,
+                            const std::vector<std::pair<std::string, std::string>>& fresh,
+                            const std::vector<std::string>& names);
+// `fresh` where it changed a live flag, `in_force` for the rest: what is in force after applying.
+std::vector<std::pair<std::string, std::string>> AfterLiveChanges(
+    const std::vector<std::pair<std::string, std::string>>& in_force,
+    const std::vector<std::pair<std::string, std::string>>& fresh, const ConfigChanges& changes);
 
 // What each data-plane worker is told, from the flags.
 WorkerOptions WorkerOptionsOf(const Config& config);

@@ -122,6 +122,7 @@ void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer
     signalfd_siginfo si;
     while (read(signals_.get(), &si, sizeof(si)) == sizeof(si)) {
       if (si.ssi_signo == SIGHUP) {
+        if (reread_config_) reread_config_();
         if (auto s = control.Reload(); s.ok()) {
           Log("reload ok: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(),
               " instances");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,6 +30,9 @@ class ControlLoop {
   ControlLoop(const Workers& workers, absl::Duration health_poll, absl::Duration drain_timeout);
   // SIGUSR2 reopens its file (after logrotate moved it); its counts go into WorkerMetrics.
   void SetAccessLog(AccessLog* log) { access_log_ = log; }
+  // SIGHUP runs `reread` first (the config file read again and what can change applied), then
+  // reloads the state file and the certificates.
+  void SetConfigReread(std::function<void()> reread) { reread_config_ = std::move(reread); }
 
   // The eventfd the tunnel's supervisor writes when its view changed: health is then polled at once.
   int tunnel_news() const { return tunnel_news_.get(); }
@@ -53,6 +57,7 @@ class ControlLoop {
   Fd signals_;
   Fd tunnel_news_;
   AccessLog* access_log_ = nullptr;
+  std::function<void()> reread_config_;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
 };

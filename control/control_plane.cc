@@ -203,6 +203,18 @@ absl::Status ControlPlane::LoadCertificates() {
   return Publish();
 }
 
+void ControlPlane::SetLiveOptions(std::vector<TlsCertSpec> certs, TlsPolicy policy, int32_t app_max_connections,
+                                  bool metrics_per_app) {
+  policy.kernel_tls = options_.tls_policy.kernel_tls;
+  options_.tls_certs = std::move(certs);
+  options_.tls_policy = std::move(policy);
+  options_.metrics_per_app = metrics_per_app;
+  if (options_.app_max_connections != app_max_connections) {
+    options_.app_max_connections = app_max_connections;
+    ++registry_version_;  // the next publish carries the new limit
+  }
+}
+
 absl::Status ControlPlane::Reload() {
   // Validate both before applying either, so a bad certificate keeps the old registry too.
   auto tls = TlsContexts::Load(options_.base_domains, options_.tls_certs, &tickets_, options_.tls_policy);

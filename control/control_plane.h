@@ -64,6 +64,11 @@ class ControlPlane {
   absl::Status Publish();
   // (Re)reads every --tls-cert file; on error the certificates in force stay.
   absl::Status LoadCertificates();
+  // A re-read config file's settings that apply without a restart: the certificates' files and
+  // the TLS policy (loaded by the next Reload or reload-certificates), the app connection limit and
+  // the per-app metrics (at once). The probe's finding about kTLS stays.
+  void SetLiveOptions(std::vector<TlsCertSpec> certs, TlsPolicy policy, int32_t app_max_connections,
+                      bool metrics_per_app);
   // Reloads the state file and the certificates (SIGHUP); on any error all of
   // the old state stays in force.
   absl::Status Reload();

@@ -215,26 +215,35 @@ absl::StatusOr<std::unique_ptr<AccessLog>> AccessLog::Open(const AccessLogOption
 }
 
 AccessLog::AccessLog(const AccessLogOptions& options, int workers, Fd out, Fd wake)
-    : options_(options), out_(std::move(out)), wake_(std::move(wake)) {
-  for (int i = 0; i < workers; ++i) queues_.push_back(std::make_unique<AccessLogQueue>(options.queue_records));
+    : queue_records_(options.queue_records),
+      target_(options.target),
+      format_(options.format),
+      out_(std::move(out)),
+      wake_(std::move(wake)) {
+  for (int i = 0; i < workers; ++i) queues_.push_back(std::make_unique<AccessLogQueue>(queue_records_));
 }
 
 AccessLog::~AccessLog() { Stop(); }
 
 absl::Status AccessLog::OpenTarget(Fd& out) const {
-  if (options_.target == "stderr") {
+  std::string target;
+  {
+    std::lock_guard lock(mu_);
+    target = target_;
+  }
+  if (target == "stderr") {
     out.reset(fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3));
   } else {
-    out.reset(open(options_.target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640));
+    out.reset(open(target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640));
   }
   if (!out.valid()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--access-log=", options_.target, ": cannot open for appending: ", std::strerror(errno)));
+        absl::StrCat("--access-log=", target, ": cannot open for appending: ", std::strerror(errno)));
   }
   struct stat st;
   if (fstat(out.get(), &st) == 0 && S_ISDIR(st.st_mode)) {
     out.reset();
-    return absl::InvalidArgumentError(absl::StrCat("--access-log=", options_.target, ": is a directory"));
+    return absl::InvalidArgumentError(absl::StrCat("--access-log=", target, ": is a directory"));
   }
   return absl::OkStatus();
 }
@@ -251,6 +260,15 @@ void AccessLog::Reopen() {
   Signal();
 }
 
+void AccessLog::Reconfigure(const std::string& target, AccessLogFormat format) {
+  {
+    std::lock_guard lock(mu_);
+    target_ = target;
+  }
+  format_.store(format);
+  Reopen();
+}
+
 void AccessLog::Stop() {
   if (!thread_.joinable()) return;
   stop_.store(true);
@@ -263,7 +281,7 @@ size_t AccessLog::DrainAll() {
   for (auto& q : queues_) {
     // Bounded per queue and pass, so a batch stays near kWriteBatch and one busy worker cannot
     // keep the others' lines waiting.
-    n += q->Drain(options_.format, buf_, 256);
+    n += q->Drain(format_.load(std::memory_order_relaxed), buf_, 256);
     if (buf_.size() >= kWriteBatch) WriteOut();
   }
   return n;

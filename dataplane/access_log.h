@@ -94,13 +94,15 @@ class AccessLog {
   void Start();
   // Thread-safe: the file is opened anew (logrotate moved it) before the next lines are written.
   void Reopen();
+  // Thread-safe: lines from now on go to `target` (opened as by Reopen) in `format` (a re-read config).
+  void Reconfigure(const std::string& target, AccessLogFormat format);
   // Writes what is queued, then ends the thread.
   void Stop();
 
   uint64_t written() const { return written_.load(std::memory_order_relaxed); }
   uint64_t write_errors() const { return write_errors_.load(std::memory_order_relaxed); }
   uint64_t reopens() const { return reopens_.load(std::memory_order_relaxed); }
-  const AccessLogOptions& options() const { return options_; }
+
 
  private:
   AccessLog(const AccessLogOptions& options, int workers, Fd out, Fd wake);
@@ -110,7 +112,10 @@ class AccessLog {
   void WriteOut();
   absl::Status OpenTarget(Fd& out) const;
 
-  const AccessLogOptions options_;
+  const uint32_t queue_records_;
+  mutable std::mutex mu_;
+  std::string target_;  // guarded by mu_
+  std::atomic<AccessLogFormat> format_;
   std::vector<std::unique_ptr<AccessLogQueue>> queues_;
   Fd out_;
   Fd wake_;  // eventfd

@@ -5,6 +5,7 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -92,6 +93,22 @@ struct WorkerOptions {
   bool ktls = true;                   // kTLS was asked for (false: counted as ktls_fallback_disabled)
   KtlsThreshold ktls_after;           // kTLS after a threshold; bytes 0: none (at the handshake, or never)
   bool operator==(const WorkerOptions&) const = default;
+};
+
+// The timeouts a re-read config file may change while connections run: written by the control
+// thread, read by the worker as it sets each deadline.
+struct LiveTimeouts {
+  explicit LiveTimeouts(const WorkerOptions& o) { Set(o); }
+  void Set(const WorkerOptions& o) {
+    hello_ms.store(o.hello_timeout_ms, std::memory_order_relaxed);
+    handshake_ms.store(o.handshake_timeout_ms, std::memory_order_relaxed);
+    connect_ms.store(o.connect_timeout_ms, std::memory_order_relaxed);
+    idle_ms.store(o.idle_timeout_ms, std::memory_order_relaxed);
+  }
+  std::atomic<int64_t> hello_ms;
+  std::atomic<int64_t> handshake_ms;
+  std::atomic<int64_t> connect_ms;
+  std::atomic<int64_t> idle_ms;
 };
 
 }  // namespace cvmgate

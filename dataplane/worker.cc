@@ -61,6 +61,7 @@ Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, 
            [this](int family) { return OpenInstanceSocket(family, unsent_bytes_, options_.backend_rcvbuf); }},
       conns_(max_connections, env_, runq_) {
   env_.histograms = &histograms_;
+  env_.timeouts = &timeouts_;
 }
 
 Worker::~Worker() = default;

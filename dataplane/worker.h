@@ -60,6 +60,9 @@ class Worker {
     env_.access_queue = log != nullptr ? log->queue(index_) : nullptr;
   }
 
+  // Thread-safe: the timeouts of phases entered from now on (a re-read config file).
+  void SetTimeouts(const WorkerOptions& options) { timeouts_.Set(options); }
+
   const WorkerCounters& counters() const { return counters_; }
   const WorkerHistograms& histograms() const { return histograms_; }
   uint32_t live_connections() const { return conns_.live(); }
@@ -108,6 +111,7 @@ class Worker {
   std::atomic<int64_t> pipe_bytes_{0};
   WorkerCounters counters_;  // before the pools, which count into it
   WorkerHistograms histograms_;
+  LiveTimeouts timeouts_{options_};
   PipePool pipes_;
   BufferPool buffers_;
   std::vector<Runnable> runq_;

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <optional>
@@ -28,6 +29,7 @@
 #include "dataplane/cpus.h"
 #include "dataplane/log.h"
 #include "dataplane/snapshot.h"
+#include "dataplane/tls.h"
 #include "dataplane/worker.h"
 #include "kernel-config/probe.h"
 
@@ -132,9 +134,57 @@ bool ApplyProbe(Config& config) {
   return true;
 }
 
+// `cvmgate check-config [--config FILE] [flags]`: everything the daemon would read at its start,
+// checked without starting it: the flags and the file, the certificates and keys, the access log's
+// and the admin token's files. Exit 1 naming the first problem.
+int CheckConfigCommand(const std::vector<std::string>& args) {
+  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
+    std::fputs("usage: cvmgate check-config [--config FILE] [flags]\n\n"
+               "Reads the flags as the daemon would (the --config file first, then the command line) and\n"
+               "checks them, the certificates and their keys, and the files the daemon would open, without\n"
+               "starting it. Exit status 0 when it would start, 1 with the reason when not.\n",
+               stdout);
+    return 0;
+  }
+  auto config = ParseFlags(args);
+  if (!config.ok()) {
+    Log("check-config: ", config.status().message());
+    return 1;
+  }
+  if (config->help || config->version) {
+    Log("check-config: --help and --version are not settings");
+    return 1;
+  }
+  auto tls = TlsContexts::Load(config->base_domains, config->tls_certs, nullptr, config->tls_policy);
+  if (!tls.ok()) {
+    Log("check-config: ", tls.status().message());
+    return 1;
+  }
+  if (!config->admin_token_file.empty()) {
+    if (auto t = ReadSmallFile(config->admin_token_file); !t.ok() || t->empty()) {
+      Log("check-config: --admin-token-file ", config->admin_token_file, ": ",
+          t.ok() ? "empty" : t.status().message());
+      return 1;
+    }
+  }
+  if (config->access_log.enabled() && config->access_log.target != "stderr") {
+    const std::string& path = config->access_log.target;
+    std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+    if (access(path.c_str(), W_OK) != 0 && access(dir.c_str(), W_OK) != 0) {
+      Log("check-config: --access-log=", path, ": neither the file nor its directory is writable");
+      return 1;
+    }
+  }
+  std::printf("cvmgate: configuration ok%s: %zu listeners, base domains %s, %zu certificates\n",
+              config->config_file.empty() ? "" : absl::StrCat(" (", config->config_file, ")").c_str(),
+              config->listen.size(), absl::StrJoin(config->base_domains, " ").c_str(), config->tls_certs.size());
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   if (!args.empty() && args[0] == "probe") return ProbeCommand({args.begin() + 1, args.end()});
+  if (!args.empty() && args[0] == "check-config") return CheckConfigCommand({args.begin() + 1, args.end()});
   auto parsed = ParseFlags(args);
   if (!parsed.ok()) {
     Log(parsed.status().message());
@@ -283,6 +333,39 @@ int Main(int argc, char** argv) {
   if (auto s = control.Poll(); !s.ok()) Log(s.message());
   Log("routes: ", domain.current()->app_count(), " apps, ", domain.current()->instances().size(), " instances from ",
       registry.store().name());
+
+  // SIGHUP: the flags and the config file read again; what can change while running is applied.
+  std::vector<std::pair<std::string, std::string>> in_force = config.effective;
+  loop.SetConfigReread([&] {
+    auto fresh = ParseFlags(args);
+    if (!fresh.ok()) {
+      Log("config: ", fresh.status().message(), "; the settings in force stay");
+      return;
+    }
+    ConfigChanges changes = CompareConfigs(in_force, fresh->effective);
+    // The log thread and the workers' queues exist only when the log was on at the start.
+    if (std::find(changes.live.begin(), changes.live.end(), "access-log") != changes.live.end() &&
+        (access_log == nullptr) != !fresh->access_log.enabled()) {
+      std::erase(changes.live, "access-log");
+      changes.restart.push_back("access-log");
+    }
+    if (changes.empty()) {
+      Log("config: unchanged");
+      return;
+    }
+    control.SetLiveOptions(fresh->tls_certs, fresh->tls_policy, fresh->app_max_connections, fresh->metrics_per_app);
+    const WorkerOptions timeouts = WorkerOptionsOf(*fresh);
+    for (auto& w : pool) w->SetTimeouts(timeouts);
+    if (access_log != nullptr && fresh->access_log.enabled()) {
+      access_log->Reconfigure(fresh->access_log.target, fresh->access_log.format);
+    }
+    if (!changes.live.empty()) Log("config: applied ", DescribeChanges(in_force, fresh->effective, changes.live));
+    if (!changes.restart.empty()) {
+      Log("config: changed, but take effect only at a restart: ",
+          DescribeChanges(in_force, fresh->effective, changes.restart));
+    }
+    in_force = AfterLiveChanges(in_force, fresh->effective, changes);
+  });
 
   auto admin = AdminServer::Listen(*admin_address, token,
                                    [&control](const HttpRequest& r) { return control.Handle(r); });

@@ -34,6 +34,11 @@ struct ConnEnv {
   WorkerHistograms* histograms = nullptr;  // null: not measured (tests)
   AccessLog* access_log = nullptr;         // null: --access-log off
   AccessLogQueue* access_queue = nullptr;  // this worker's queue in `access_log`
+  const LiveTimeouts* timeouts = nullptr;  // null: the options' (tests)
+
+  int64_t idle_timeout_ms() const {
+    return timeouts != nullptr ? timeouts->idle_ms.load(std::memory_order_relaxed) : options.idle_timeout_ms;
+  }
   const RouteSnapshot* snap = nullptr;  // this turn's; valid only while the worker handles it
   int64_t now_ms = 0;
   bool draining = false;

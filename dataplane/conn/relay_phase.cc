@@ -17,7 +17,7 @@ Step FromRelay(ConnEnv& env, Conn& c, RelayStatus st) {
   if (st.kind == RelayStatus::kFailed) return Step::Close(st.reason);
   if (st.kind == RelayStatus::kFinished) return Step::Close(Counter::relay_done);
   // The idle timer's heap entry is found stale and moved when it pops: relay traffic never touches it.
-  if (st.moved) c.deadline_ms = env.now_ms + env.options.idle_timeout_ms;
+  if (st.moved) c.deadline_ms = env.now_ms + env.idle_timeout_ms();
   return Step::Stay();
 }
 

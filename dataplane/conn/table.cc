@@ -70,11 +70,15 @@ bool Connections::Accept(Transport client) {
 
 int64_t Connections::Timeout(Phase phase) const {
   const WorkerOptions& o = env_.options;
+  const LiveTimeouts* live = env_.timeouts;
+  auto get = [live](const std::atomic<int64_t> LiveTimeouts::*field, int64_t fallback) {
+    return live != nullptr ? (live->*field).load(std::memory_order_relaxed) : fallback;
+  };
   switch (phase) {
-    case Phase::kHello: return o.hello_timeout_ms;
-    case Phase::kHandshake: return o.handshake_timeout_ms;
-    case Phase::kConnect: return o.connect_timeout_ms;
-    default: return o.idle_timeout_ms;
+    case Phase::kHello: return get(&LiveTimeouts::hello_ms, o.hello_timeout_ms);
+    case Phase::kHandshake: return get(&LiveTimeouts::handshake_ms, o.handshake_timeout_ms);
+    case Phase::kConnect: return get(&LiveTimeouts::connect_ms, o.connect_timeout_ms);
+    default: return env_.idle_timeout_ms();
   }
 }
 

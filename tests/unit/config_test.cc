@@ -2,6 +2,10 @@
 #include "control/config.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
 
 namespace cvmgate {
 namespace {
@@ -131,6 +135,99 @@ TEST(Config, UsageListsEveryFlagWithItsDefault) {
     EXPECT_NE(u.find(f), std::string::npos) << f;
   }
   EXPECT_NE(u.find("(default: 10m)"), std::string::npos);
+}
+
+
+// A TOML file named by --config: a key per flag, flags on the command line winning.
+class ConfigFile : public ::testing::Test {
+ protected:
+  std::string Write(const std::string& text) {
+    char path[] = "/tmp/cvmgate-config-test-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    std::ofstream(path) << text;
+    paths_.push_back(path);
+    return path;
+  }
+  void TearDown() override {
+    for (const auto& p : paths_) unlink(p.c_str());
+  }
+  std::vector<std::string> paths_;
+};
+
+TEST_F(ConfigFile, EveryKindOfValue) {
+  std::string f = Write(
+      "# the gateway\n"
+      "listen = [\"127.0.0.1:8443\", \"[::1]:8443\"]\n"
+      "base-domain = \"example.test\"\n"
+      "hello-timeout = \"250ms\"\n"
+      "workers = 3\n"
+      "proxy-protocol = true\n"
+      "metrics-per-app = false\n"
+      "access-log-format = \"json\"\n");
+  auto c = ParseFlags({"--config", f});
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->listen.size(), 2u);
+  EXPECT_EQ(c->listen[1].addr.ss_family, AF_INET6);
+  EXPECT_EQ(c->base_domains, std::vector<std::string>{"example.test"});
+  EXPECT_EQ(c->hello_timeout, absl::Milliseconds(250));
+  EXPECT_EQ(c->workers, 3);
+  EXPECT_TRUE(c->proxy_protocol);
+  EXPECT_FALSE(c->metrics_per_app);
+  EXPECT_EQ(c->access_log.format, AccessLogFormat::kJson);
+  EXPECT_EQ(c->config_file, f);
+}
+
+TEST_F(ConfigFile, TheCommandLineWins) {
+  std::string f = Write("listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbase-domain = \"a.test\"\n"
+                        "workers = 3\nproxy-protocol = false\n");
+  auto c = ParseFlags({"--workers=2", "--config", f, "--listen", "127.0.0.1:3"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->workers, 2);  // before --config on the line, and still the command line's
+  ASSERT_EQ(c->listen.size(), 1u);  // a repeating flag's list is replaced, not added to
+  EXPECT_EQ(c->listen[0].text, "127.0.0.1:3");
+  EXPECT_EQ(c->base_domains, std::vector<std::string>{"a.test"});  // not given here: the file's
+  EXPECT_FALSE(c->proxy_protocol);  // a switch set false in the file is simply not given
+}
+
+TEST_F(ConfigFile, ErrorsNameTheFileTheLineAndTheKey) {
+  auto error = [&](const std::string& text) {
+    auto c = ParseFlags({"--config", Write(text)});
+    EXPECT_FALSE(c.ok()) << text;
+    std::string m(c.status().message());
+    return m.substr(m.find(':') + 1);  // without the temporary path
+  };
+  EXPECT_EQ(error("base-domain = \"a.test\"\nhello-timeuot = \"1s\"\n"),
+            "2: hello-timeuot: no such flag (see cvmgate --help)");
+  EXPECT_EQ(error("workers = [1, 2]\n"), "1: workers: takes one value, not a list");
+  EXPECT_EQ(error("base-domain = \"a.test\"\nworkers = 1.5\n"),
+            "2: workers: expected a string, a whole number or true/false (N)");
+  EXPECT_EQ(error("config = \"/etc/other.toml\"\n"), "1: config: no such flag (see cvmgate --help)");
+  EXPECT_EQ(error("base-domain = \"a.test\"\nworkers = \"many\"\n"),
+            " --workers=many: expected a whole number from 1 to 1024");
+  EXPECT_NE(error("workers = \n").find("1:11: "), std::string::npos);  // TOML syntax: line and column
+  auto missing = ParseFlags({"--config", "/nonexistent/cvmgate.toml"});
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("/nonexistent/cvmgate.toml"), std::string::npos);
+}
+
+// What a SIGHUP applies while running and what waits for a restart.
+TEST(Config, ChangesSplitIntoLiveAndRestart) {
+  std::vector<std::pair<std::string, std::string>> before = {
+      {"listen", "127.0.0.1:1"}, {"hello-timeout", "5s"}, {"workers", "2"}, {"tls-cert", "a=x,y"}};
+  std::vector<std::pair<std::string, std::string>> after = {
+      {"listen", "127.0.0.1:1"}, {"hello-timeout", "1s"}, {"workers", "4"}, {"tls-cert", "a=x,y"},
+      {"access-log", "/var/log/a"}};
+  ConfigChanges ch = CompareConfigs(before, after);
+  EXPECT_EQ(ch.live, (std::vector<std::string>{"hello-timeout", "access-log"}));
+  EXPECT_EQ(ch.restart, std::vector<std::string>{"workers"});
+  EXPECT_EQ(DescribeChanges(before, after, ch.live), "hello-timeout 5s -> 1s, access-log (default) -> /var/log/a");
+  // In force afterwards: the live ones changed, workers still 2 (so the next reload says it again).
+  auto in_force = AfterLiveChanges(before, after, ch);
+  ConfigChanges again = CompareConfigs(in_force, after);
+  EXPECT_TRUE(again.live.empty());
+  EXPECT_EQ(again.restart, std::vector<std::string>{"workers"});
+  EXPECT_TRUE(CompareConfigs(before, before).empty());
 }
 
 }  // namespace
