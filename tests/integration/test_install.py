@@ -30,24 +30,29 @@ def files_under(root):
 def test_install_then_uninstall_leaves_nothing_behind(tmp_path):
     root = tmp_path / "root"
     out = install("--root", root, "--wg-interface", "wgtest0")
-    assert "installed 9 files" in out, out
+    assert "installed 10 files" in out, out
     assert files_under(root) == sorted([
-        "etc/cvmgate/cvmgate.env", "etc/modules-load.d/cvmgate.conf", "etc/sysctl.d/90-cvmgate.conf",
+        "etc/cvmgate/cvmgate.toml", "etc/logrotate.d/cvmgate", "etc/modules-load.d/cvmgate.conf",
+        "etc/sysctl.d/90-cvmgate.conf",
         "etc/systemd/system/cvmgate.service", "usr/local/bin/cvmgate", "usr/local/bin/cvmgatectl",
         "usr/local/lib/cvmgate/cvmgate-nft", "usr/local/lib/cvmgate/cvmgate.nft",
         "usr/local/lib/cvmgate/installed-files", "usr/local/share/doc/cvmgate/README.md"])
     assert run(root / "usr/local/bin/cvmgate", "--version").strip() == "cvmgate 0.1.0"
     sysctl = (root / "etc/sysctl.d/90-cvmgate.conf").read_text()
     assert "net.ipv4.conf.wgtest0.rp_filter = 1" in sysctl and ".wg-cvm." not in sysctl
-    env = root / "etc/cvmgate/cvmgate.env"
-    assert "CVMGATE_WG_INTERFACE=wgtest0" in env.read_text()
-    env.write_text(env.read_text() + "# edited by the operator\n")
+    conf = root / "etc/cvmgate/cvmgate.toml"
+    assert 'wg-interface = "wgtest0"' in conf.read_text()
+    # The config as installed is one the daemon takes (its certificate line is commented out).
+    check = subprocess.run([str(root / "usr/local/bin/cvmgate"), "check-config", "--config", str(conf),
+                            "--access-log", "off"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "configuration ok" in check.stdout, check
+    conf.write_text(conf.read_text() + "# edited by the operator\n")
     install("--root", root, "--wg-interface", "wgtest0")
-    assert env.read_text().endswith("# edited by the operator\n"), "a second install keeps the operator's flags"
+    assert conf.read_text().endswith("# edited by the operator\n"), "a second install keeps the operator's config"
 
     out = run(REPO / "tools" / "uninstall", "--root", root)
-    assert "removed 9 files" in out, out
-    assert files_under(root) == ["etc/cvmgate/cvmgate.env"], "only the operator's flags stay"
+    assert "removed 10 files" in out, out
+    assert files_under(root) == ["etc/cvmgate/cvmgate.toml"], "only the operator's config stays"
     assert "nothing to do" in run(REPO / "tools" / "uninstall", "--root", root)
     install("--root", root)
     run(REPO / "tools" / "uninstall", "--root", root, "--purge")
@@ -58,7 +63,9 @@ def test_unit_is_hardened_and_follows_the_prefix(tmp_path):
     root = tmp_path / "root"
     install("--root", root, "--prefix", "/opt/cvmgate")
     unit = (root / "etc/systemd/system/cvmgate.service").read_text()
-    for line in ["ExecStart=/opt/cvmgate/bin/cvmgate ", "ExecStartPre=+/opt/cvmgate/lib/cvmgate/cvmgate-nft apply",
+    for line in ["ExecStart=/opt/cvmgate/bin/cvmgate --config /etc/cvmgate/cvmgate.toml ",
+                 "ExecStartPre=+/opt/cvmgate/lib/cvmgate/cvmgate-nft apply --config /etc/cvmgate/cvmgate.toml",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "LogsDirectory=cvmgate",
                  "DynamicUser=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
                  "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "LimitNOFILE=1048576", "Restart=on-failure"]:
@@ -88,6 +95,12 @@ def test_installed_ruleset_helper_applies_and_removes(tmp_path):
         run("ip", "netns", "exec", ns, helper, "apply", "--wg-interface", "wgx0")
         shown = run("ip", "netns", "exec", ns, helper, "show")
         assert 'iifname "wgx0" counter packets 0 bytes 0 drop' in shown, shown
+        # As the unit runs it: the interface from the installed config file's wg-interface key.
+        conf = root / "etc/cvmgate/cvmgate.toml"
+        conf.write_text(conf.read_text().replace('wg-interface = "wg-cvm"', 'wg-interface = "wgy1"  # ours'))
+        run("ip", "netns", "exec", ns, helper, "apply", "--config", conf)
+        shown = run("ip", "netns", "exec", ns, helper, "show")
+        assert 'iifname "wgy1" counter packets 0 bytes 0 drop' in shown and "wgx0" not in shown, shown
         run("ip", "netns", "exec", ns, helper, "remove")
         tables = run("ip", "netns", "exec", ns, "nft", "list", "tables")
         assert tables.strip() == "table inet neighbour", tables
