@@ -242,6 +242,29 @@ absl::StatusOr<std::unique_ptr<AdminServer>> AdminServer::Listen(const AdminAddr
   return server;
 }
 
+std::unique_ptr<AdminServer> AdminServer::Adopt(const AdminAddress& address, Fd fd, std::string token,
+                                                Handler handler) {
+  AdminAddress bound = address;
+  if (!address.unix_socket) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+    bound.port = SockaddrPort(ss);
+  }
+  auto server =
+      std::unique_ptr<AdminServer>(new AdminServer(bound, std::move(fd), std::move(token), std::move(handler)));
+  struct stat own;
+  if (address.unix_socket && stat(address.path.c_str(), &own) == 0) server->socket_file_ = {own.st_dev, own.st_ino};
+  return server;
+}
+
+bool AdminServer::writing() const {
+  for (const Client& c : clients_) {
+    if (!c.out.empty()) return true;
+  }
+  return false;
+}
+
 AdminServer::~AdminServer() {
   // Only our own socket file: another process may have bound the path since.
   struct stat st;

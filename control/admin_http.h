@@ -64,7 +64,18 @@ class AdminServer {
   // Otherwise every request needs `Authorization: Bearer <token>` (401 without).
   static absl::StatusOr<std::unique_ptr<AdminServer>> Listen(const AdminAddress& address, std::string token,
                                                               Handler handler);
+  // The listening socket of the process this one replaces (bound to `address`), served from now on.
+  static std::unique_ptr<AdminServer> Adopt(const AdminAddress& address, Fd fd, std::string token, Handler handler);
   ~AdminServer();
+
+  // Handing over: the listening socket, for the successor; the socket file is no longer this
+  // server's to remove.
+  int listen_fd() const { return listen_fd_.get(); }
+  void Disown() { socket_file_.reset(); }
+  // No new clients from now on (the successor serves the socket); answers in progress still go out.
+  void StopAccepting() { listen_fd_.reset(); }
+  // Answers not yet written out.
+  bool writing() const;
 
   void AppendPollFds(std::vector<pollfd>& fds) const;
   void OnReady(const std::vector<pollfd>& fds, int64_t now_ms);

@@ -101,11 +101,20 @@ void ControlLoop::PrintCounters(const SnapshotDomain& domain) const {
 void ControlLoop::Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin, int registry_changes) {
   const int64_t poll_every_ms = absl::ToInt64Milliseconds(health_poll_);
   int64_t next_poll = MonotonicMs() + poll_every_ms;
+  int64_t stop_by = 0;  // after a handover: the last answers are written until then
   for (bool running = true; running;) {
+    if (stop_requested_.load()) {
+      if (stop_by == 0) stop_by = MonotonicMs() + 2000;
+      if (!admin.writing() || MonotonicMs() >= stop_by) {
+        Log("stopping: handed over to the new process; draining ", Live(), " live for up to ",
+            absl::FormatDuration(drain_timeout_));
+        break;
+      }
+    }
     std::vector<pollfd> fds = {
         {signals_.get(), POLLIN, 0}, {tunnel_news_.get(), POLLIN, 0}, {registry_changes, POLLIN, 0}};
     admin.AppendPollFds(fds);
-    int64_t wait = std::clamp<int64_t>(next_poll - MonotonicMs(), 0, 1000);
+    int64_t wait = std::clamp<int64_t>(next_poll - MonotonicMs(), 0, stop_requested_.load() ? 20 : 1000);
     poll(fds.data(), fds.size(), static_cast<int>(wait));
     int64_t now = MonotonicMs();
     domain.Reclaim();

@@ -2,6 +2,7 @@
 // health timer share one poll(); the workers never see a signal.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -43,6 +44,10 @@ class ControlLoop {
   // A registry kept in etcd also makes `registry_changes` readable when another node wrote: it is
   // read again and the routes published (the routes in force stay while it cannot be read).
   void Run(ControlPlane& control, SnapshotDomain& domain, AdminServer& admin, int registry_changes = -1);
+  // Thread-safe: Run() returns as on SIGTERM, once the admin API's answers are written (an upgrade
+  // handed everything to the successor).
+  void RequestStop() { stop_requested_.store(true); }
+  bool stop_requested() const { return stop_requested_.load(); }
   // The counters on stderr, between "cvmgate: counters begin" and "cvmgate: counters end".
   void PrintCounters(const SnapshotDomain& domain) const;
 
@@ -58,6 +63,7 @@ class ControlLoop {
   Fd tunnel_news_;
   AccessLog* access_log_ = nullptr;
   std::function<void()> reread_config_;
+  std::atomic<bool> stop_requested_{false};
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_failed_ = 0;
 };

@@ -66,12 +66,33 @@ Worker::Worker(int index, WorkerOptions options, SnapshotDomain::Reader reader, 
 
 Worker::~Worker() = default;
 
-absl::Status Worker::Init(std::vector<ListenAddress>& addresses) {
+std::vector<int> Worker::listener_fds() const {
+  std::vector<int> out;
+  for (const Fd& l : listeners_) {
+    if (l.valid()) out.push_back(l.get());
+  }
+  return out;
+}
+
+absl::Status Worker::Init(std::vector<ListenAddress>& addresses, std::vector<Fd> inherited) {
   if (auto s = ring_.Init(kRingEntries, options_.ring_taskrun); !s.ok()) return s;
   wake_fd_.reset(eventfd(0, EFD_CLOEXEC));
   if (!wake_fd_.valid()) return absl::InternalError(absl::StrCat("eventfd: ", std::strerror(errno)));
 
   for (ListenAddress& la : addresses) {
+    // The predecessor's sockets for this address: taken as they are (their accept queues too).
+    bool took = false;
+    for (Fd& fd : inherited) {
+      sockaddr_storage bound{};
+      socklen_t len = sizeof(bound);
+      if (!fd.valid() || getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &len) != 0) continue;
+      if (SockaddrText(bound) != SockaddrText(la.addr)) continue;
+      la.text = SockaddrText(bound);
+      listen_addrs_.push_back(bound);
+      listeners_.push_back(std::move(fd));
+      took = true;
+    }
+    if (took) continue;
     // SO_REUSEPORT would let this process join another's listener group and
     // take a share of its connections: the first worker makes sure that no
     // listener is there before the group is made.

@@ -34,8 +34,12 @@ class Worker {
 
   // Creates the ring and binds this worker's SO_REUSEPORT listeners. Port 0 in
   // `listen` is replaced by the port the kernel chose, so every worker can be
-  // given the first worker's resolved addresses.
-  absl::Status Init(std::vector<ListenAddress>& addresses);
+  // given the first worker's resolved addresses. Listening sockets in `inherited`
+  // (from the process this one replaces) are taken for the addresses they are
+  // bound to instead of new ones; those bound to no address in `addresses` are closed.
+  absl::Status Init(std::vector<ListenAddress>& addresses, std::vector<Fd> inherited = {});
+  // The listening sockets, to hand to a successor (they stay this worker's until it stops).
+  std::vector<int> listener_fds() const;
   // The thread body: returns once stopped and drained.
   void Run();
   // Returns once Run() has named its thread and dropped its capabilities; then start_status()

@@ -1,17 +1,22 @@
 // cvmgate daemon, the composition root: flags and the kernel probe, the registry and
 // WireGuard, one worker per CPU, then control/control_loop.h on the main thread.
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
+#include <nlohmann/json.hpp>
 #include <absl/strings/str_join.h>
 #include <absl/strings/strip.h>
 
@@ -21,11 +26,13 @@
 #include "control/control_loop.h"
 #include "control/control_plane.h"
 #include "control/durable_file.h"
+#include "control/handover.h"
 #include "control/etcd/registry_store.h"
 #include "control/ip_pool.h"
 #include "control/registry.h"
 #include "control/wireguard/setup.h"
 #include "control/wireguard/supervisor.h"
+#include "dataplane/addresses.h"
 #include "dataplane/cpus.h"
 #include "dataplane/log.h"
 #include "dataplane/snapshot.h"
@@ -181,8 +188,50 @@ int CheckConfigCommand(const std::vector<std::string>& args) {
   return 0;
 }
 
+// Whether the inherited admin socket `fd` is bound where `address` says (a changed --admin is bound anew).
+bool BoundAt(int fd, const AdminAddress& address) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return false;
+  if (ss.ss_family == AF_UNIX) {
+    return address.unix_socket && std::string(reinterpret_cast<sockaddr_un&>(ss).sun_path) == address.path;
+  }
+  return !address.unix_socket && SockaddrPort(ss) == address.port;
+}
+
+// The inherited listening sockets spread over `workers`: the k-th socket of an address goes to worker
+// k mod workers (a worker may get several of one address; one without any binds its own).
+std::vector<std::vector<Fd>> SpreadListeners(std::vector<Fd> listeners, int workers) {
+  std::vector<std::vector<Fd>> out(workers);
+  std::map<std::string, int> seen;
+  for (Fd& fd : listeners) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len);
+    int k = seen[SockaddrText(ss)]++;
+    out[k % workers].push_back(std::move(fd));
+  }
+  return out;
+}
+
+// The path this binary was started from, read before anything could replace the file there.
+std::string OwnPath() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
 int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  const std::vector<std::string> own_argv(argv, argv + argc);
+  const std::string own_path = OwnPath();
+  // Started by an upgrade: the running process waits on this channel for us to take its sockets.
+  int handover_fd = -1;
+  if (const char* v = getenv(kHandoverEnv); v != nullptr) {
+    if (!absl::SimpleAtoi(v, &handover_fd) || fcntl(handover_fd, F_GETFD) < 0) handover_fd = -1;
+    if (handover_fd >= 0) fcntl(handover_fd, F_SETFD, FD_CLOEXEC);
+    unsetenv(kHandoverEnv);
+  }
   if (!args.empty() && args[0] == "probe") return ProbeCommand({args.begin() + 1, args.end()});
   if (!args.empty() && args[0] == "check-config") return CheckConfigCommand({args.begin() + 1, args.end()});
   auto parsed = ParseFlags(args);
@@ -226,6 +275,23 @@ int Main(int argc, char** argv) {
       return 2;
     }
     token = *t;
+  }
+  // A successor takes the sockets once everything that can be checked before has been.
+  Inherited inherited;
+  if (handover_fd >= 0) {
+    auto tls = TlsContexts::Load(config.base_domains, config.tls_certs, nullptr, config.tls_policy);
+    if (!tls.ok()) {
+      Log("upgrade: ", tls.status().message());
+      return 1;
+    }
+    auto got = RequestTakeover(handover_fd, absl::Seconds(60));
+    if (!got.ok()) {
+      Log("upgrade: ", got.status().message());
+      return 1;
+    }
+    inherited = *std::move(got);
+    Log("upgrade: took over ", inherited.listeners.size(), " listening sockets",
+        inherited.admin.valid() ? " and the admin API's" : "", " from the running process");
   }
   Fd state_lock;
   auto store = OpenRegistryStore(config, state_lock);
@@ -287,9 +353,10 @@ int Main(int argc, char** argv) {
   // Listeners are bound first: the control plane must know them, so that no
   // instance ever routes a connection back into the gateway.
   const WorkerOptions worker_options = WorkerOptionsOf(config);
+  std::vector<std::vector<Fd>> inherited_listeners = SpreadListeners(std::move(inherited.listeners), workers);
   for (int i = 0; i < workers; ++i) {
     pool.push_back(std::make_unique<Worker>(i, worker_options, domain.reader(i), per_worker));
-    if (auto s = pool.back()->Init(config.listen); !s.ok()) {
+    if (auto s = pool.back()->Init(config.listen, std::move(inherited_listeners[i])); !s.ok()) {
       Log(s.message());
       return 1;
     }
@@ -367,12 +434,64 @@ int Main(int argc, char** argv) {
     in_force = AfterLiveChanges(in_force, fresh->effective, changes);
   });
 
-  auto admin = AdminServer::Listen(*admin_address, token,
-                                   [&control](const HttpRequest& r) { return control.Handle(r); });
+  // POST /v1/upgrade (cvmgatectl upgrade, systemctl reload): the successor is started and handed
+  // every listening socket and the admin API's; this process drains once it accepts.
+  AdminServer* admin_server = nullptr;
+  auto upgrade = [&]() -> HttpResponse {
+    auto failed = [](const absl::Status& s) {
+      Log("upgrade failed, this process goes on serving: ", s.message());
+      return HttpResponse{500, "application/json", nlohmann::json({{"error", s.message()}}).dump()};
+    };
+    if (own_path.empty()) return failed(absl::InternalError("the path of this binary is unknown"));
+    Log("upgrade: starting ", own_path, " ", absl::StrJoin(args, " "));
+    auto successor = Successor::Spawn(own_path, own_argv);
+    if (!successor.ok()) return failed(successor.status());
+    if (auto s = successor->WaitForRequest(absl::Seconds(60)); !s.ok()) {
+      successor->Abandon();
+      return failed(s);
+    }
+    std::vector<int> listeners;
+    for (auto& w : pool) {
+      for (int fd : w->listener_fds()) listeners.push_back(fd);
+    }
+    state_lock.reset();  // the successor reads the registry from here on
+    absl::Status handed = successor->Send(listeners, admin_server->listen_fd());
+    if (handed.ok()) handed = successor->WaitReady(absl::Seconds(60));
+    if (!handed.ok()) {
+      successor->Abandon();
+      if (!config.state_file.empty() && config.etcd_endpoints.empty()) {
+        auto relock = LockBeside(config.state_file);
+        if (relock.ok()) state_lock = *std::move(relock);
+        else Log("upgrade: the state file could not be locked again: ", relock.status().message());
+      }
+      return failed(handed);
+    }
+    admin_server->Disown();  // its socket file is the successor's now
+    admin_server->StopAccepting();
+    loop.RequestStop();
+    uint64_t live = 0;
+    for (auto& w : pool) live += w->live_connections();
+    Log("upgrade: pid ", successor->pid(), " serves now; this process drains ", live, " connections and exits");
+    return HttpResponse{200, "application/json",
+                        nlohmann::json({{"pid", successor->pid()}, {"old_pid", getpid()}, {"draining", live}}).dump()};
+  };
+  auto handle = [&](const HttpRequest& r) {
+    if (r.path != "/v1/upgrade") return control.Handle(r);
+    if (r.method != "POST") return HttpResponse{405, "application/json", R"({"error":"use POST"})"};
+    return upgrade();
+  };
+  absl::StatusOr<std::unique_ptr<AdminServer>> admin;
+  if (inherited.admin.valid() && BoundAt(inherited.admin.get(), *admin_address)) {
+    admin = AdminServer::Adopt(*admin_address, std::move(inherited.admin), token, handle);
+  } else {
+    inherited.admin.reset();  // a changed --admin: bound anew (the old path goes with the old process)
+    admin = AdminServer::Listen(*admin_address, token, handle);
+  }
   if (!admin.ok()) {
     Log(admin.status().message());
     return 1;
   }
+  admin_server = admin->get();
   // One worker per CPU: each stays where its ring, connections and pipes are warm.
   const std::vector<int> cpus = config.pin_workers ? AllowedCpus() : std::vector<int>();
   std::vector<std::thread> threads;
@@ -403,7 +522,16 @@ int Main(int argc, char** argv) {
       RingTaskRunName(pool[0]->ring_taskrun()), ", max ", per_worker * workers, " connections, base domains ",
       absl::StrJoin(config.base_domains, " "), ")");
 
+  if (handover_fd >= 0) {
+    if (auto s = ReportReady(handover_fd); !s.ok()) Log("upgrade: ", s.message());
+    close(handover_fd);
+    NotifySystemd(absl::StrCat("MAINPID=", getpid(), "\nREADY=1"));
+  } else {
+    NotifySystemd("READY=1");
+  }
   loop.Run(control, domain, **admin, registry.store().changes_fd());
+  // After a handover the successor keeps the tunnel: this process no longer changes it.
+  if (admin_server != nullptr && supervisor && loop.stop_requested()) supervisor->Stop();
   for (auto& w : pool) w->Stop();
   for (auto& t : threads) t.join();
   if (access_log) access_log->Stop();  // the last connections' lines are written first

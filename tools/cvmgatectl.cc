@@ -58,6 +58,11 @@ const std::vector<Verb> kVerbs = {
      "add a state file's apps and instances (with their addresses) to the daemon's registry: how a\n"
      "registry moves from a state file into etcd (--registry etcd:...) and back. Instances already\n"
      "there as in the file are left alone; one that differs stops the import (run it again once fixed)."},
+    {"upgrade", "upgrade",
+     "replace the running cvmgate by the binary now at its path, with its arguments and its config file\n"
+     "read again, without refusing a connection: the new process takes over the listening sockets and\n"
+     "the admin API, the old one drains its relays and exits. If the new one fails to start, the old one\n"
+     "goes on and this says why (exit 1). `systemctl reload cvmgate` runs this."},
     {"reload-certificates", "reload-certificates",
      "reread every --tls-cert file; live connections keep their certificate, and a bad new one\n"
      "(unreadable, key mismatch, expired) leaves the ones in force and is reported"},
@@ -79,7 +84,7 @@ struct Reply {
 };
 
 absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, const std::string& method,
-                           const std::string& target, const std::string& body) {
+                           const std::string& target, const std::string& body, int timeout_s = 10) {
   sockaddr_storage ss;
   socklen_t len = admin.ToSockaddr(ss);
   Fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -87,7 +92,7 @@ absl::StatusOr<Reply> Call(const AdminAddress& admin, const std::string& token, 
     return absl::UnavailableError(absl::StrCat("cannot reach cvmgate at ", admin.text, ": ", std::strerror(errno),
                                                admin.unix_socket ? " (is it running? see --admin)" : ""));
   }
-  timeval tv{10, 0};
+  timeval tv{timeout_s, 0};
   setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   std::string req = absl::StrCat(method, " ", target, " HTTP/1.1\r\nHost: cvmgate\r\nConnection: close\r\n");
@@ -227,6 +232,9 @@ void PrintHuman(const std::string& verb, const json& j) {
     std::printf("deregistered instance %s of app %s\n", Str(j, "instance").c_str(), Str(j, "app").c_str());
   } else if (verb == "reload-certificates") {
     std::printf("reloaded the certificates of %s base domains\n", Str(j, "reloaded").c_str());
+  } else if (verb == "upgrade") {
+    std::printf("upgraded: pid %s serves now; pid %s drains its %s connections and exits\n", Str(j, "pid").c_str(),
+                Str(j, "old_pid").c_str(), Str(j, "draining").c_str());
   } else if (verb == "import") {
     std::printf("imported: %s instances added, %s already there, %s apps' settings changed\n",
                 Str(j, "added").c_str(), Str(j, "unchanged").c_str(), Str(j, "settings").c_str());
@@ -381,14 +389,19 @@ int Main(int argc, char** argv) {
   } else if (verb == "reload-certificates") {
     method = "POST";
     target = "/v1/reload-certificates";
+  } else if (verb == "upgrade") {
+    method = "POST";
+    target = "/v1/upgrade";
   }
   for (const auto& [k, val] : opts) {
     if (std::find(allowed.begin(), allowed.end(), k) == allowed.end()) return usage_error("unknown option --" + k);
   }
   if (!positional.empty()) return usage_error("unexpected argument '" + positional[0] + "'");
   // Arguments that are not UTF-8 travel as U+FFFD: the daemon then names what it refuses.
+  // An upgrade waits for the new process to start (each of its two steps is bounded by the daemon).
   auto reply = Call(*admin, token, method, target,
-                    body.is_null() ? "" : body.dump(-1, ' ', false, json::error_handler_t::replace));
+                    body.is_null() ? "" : body.dump(-1, ' ', false, json::error_handler_t::replace),
+                    verb == "upgrade" ? 150 : 10);
   if (!reply.ok()) {
     std::fprintf(stderr, "cvmgatectl: %s\n", std::string(reply.status().message()).c_str());
     return 1;
