@@ -65,7 +65,8 @@ def test_unit_is_hardened_and_follows_the_prefix(tmp_path):
     unit = (root / "etc/systemd/system/cvmgate.service").read_text()
     for line in ["ExecStart=/opt/cvmgate/bin/cvmgate --config /etc/cvmgate/cvmgate.toml ",
                  "ExecStartPre=+/opt/cvmgate/lib/cvmgate/cvmgate-nft apply --config /etc/cvmgate/cvmgate.toml",
-                 "ExecReload=/bin/kill -HUP $MAINPID", "LogsDirectory=cvmgate",
+                 "ExecReload=/opt/cvmgate/bin/cvmgatectl --admin unix:/run/cvmgate/admin.sock upgrade",
+                 "Type=notify", "NotifyAccess=all", "LogsDirectory=cvmgate",
                  "DynamicUser=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE",
                  "AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "PrivateTmp=yes", "LimitNOFILE=1048576", "Restart=on-failure"]:
