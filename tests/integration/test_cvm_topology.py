@@ -443,3 +443,31 @@ def test_a_cvm_peers_with_two_gateway_hosts_and_either_serves_it(topo, make_gate
             b.kill()  # first: a live host would start its wireguard-go again
         subprocess.run(["pkill", "-f", "^wireguard-go %s$" % b_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", gw2], capture_output=True)
+
+
+def test_an_upgrade_keeps_the_tunnel_and_its_cvms(topo, make_gateway, ctl_bin, tls_cert):
+    """cvmgatectl upgrade with CVMs behind WireGuard: the successor takes the tunnel as it is (key,
+    port, peers, the CVMs' handshakes) and serves both CVMs; the registry goes on with it."""
+    # Handshakes are not renewed for minutes: health must not lapse during the test.
+    gw, servers, gateway_key = up_with_two_cvms(topo, make_gateway, ctl_bin, tls_cert,
+                                                extra=("--healthy-within", "300s"))
+    new_pid = None
+    try:
+        wg_before = gateway_wireguard_go(topo)
+        p = subprocess.run([ctl_bin, "--admin", "unix:" + os.path.join(gw.workdir, "admin.sock"), "upgrade"],
+                           capture_output=True, text=True, timeout=200)
+        assert p.returncode == 0, p
+        new_pid = int(p.stdout.split()[2])
+        assert gw.wait_exit(20) == 0, gw.log()  # nothing to drain: the old process is gone
+        recovered(gw, topo, gateway_key, 20)  # both CVMs through the successor, the tunnel as it was
+        assert gateway_wireguard_go(topo) == wg_before, "the same wireguard-go serves the tunnel"
+        assert health(ctl_bin, gw) == {"cvm1": True, "cvm2": True}
+        ctl_json(ctl_bin, gw, "deregister", "--instance", "cvm2")
+        assert {through_gateway(gw, topo, "app") for _ in range(6)} == {"cvm1"}
+    finally:
+        if new_pid:
+            os.kill(new_pid, signal.SIGTERM)
+            peers.wait_until(lambda: not os.path.exists("/proc/%d" % new_pid) or
+                             open("/proc/%d/stat" % new_pid).read().split()[2] == "Z", 20, "the successor's exit")
+        for s in servers.values():
+            s.close()
