@@ -30,12 +30,13 @@ def files_under(root):
 def test_install_then_uninstall_leaves_nothing_behind(tmp_path):
     root = tmp_path / "root"
     out = install("--root", root, "--wg-interface", "wgtest0")
-    assert "installed 10 files" in out, out
+    assert "installed 11 files" in out, out
     assert files_under(root) == sorted([
         "etc/cvmgate/cvmgate.toml", "etc/logrotate.d/cvmgate", "etc/modules-load.d/cvmgate.conf",
         "etc/sysctl.d/90-cvmgate.conf",
         "etc/systemd/system/cvmgate.service", "usr/local/bin/cvmgate", "usr/local/bin/cvmgatectl",
-        "usr/local/lib/cvmgate/cvmgate-nft", "usr/local/lib/cvmgate/cvmgate.nft",
+        "usr/local/lib/cvmgate/acme-deploy-hook", "usr/local/lib/cvmgate/cvmgate-nft",
+        "usr/local/lib/cvmgate/cvmgate.nft",
         "usr/local/lib/cvmgate/installed-files", "usr/local/share/doc/cvmgate/README.md"])
     assert run(root / "usr/local/bin/cvmgate", "--version").strip() == "cvmgate 0.1.0"
     sysctl = (root / "etc/sysctl.d/90-cvmgate.conf").read_text()
@@ -51,7 +52,7 @@ def test_install_then_uninstall_leaves_nothing_behind(tmp_path):
     assert conf.read_text().endswith("# edited by the operator\n"), "a second install keeps the operator's config"
 
     out = run(REPO / "tools" / "uninstall", "--root", root)
-    assert "removed 10 files" in out, out
+    assert "removed 11 files" in out, out
     assert files_under(root) == ["etc/cvmgate/cvmgate.toml"], "only the operator's config stays"
     assert "nothing to do" in run(REPO / "tools" / "uninstall", "--root", root)
     install("--root", root)

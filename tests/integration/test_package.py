@@ -36,6 +36,7 @@ FILES = {
     "usr/sbin/cvmgatectl": 0o755,
     "usr/lib/cvmgate/cvmgate-nft": 0o755,
     "usr/lib/cvmgate/cvmgate.nft": 0o644,
+    "usr/lib/cvmgate/acme-deploy-hook": 0o755,
     "lib/systemd/system/cvmgate.service": 0o644,
     "usr/lib/sysctl.d/90-cvmgate.conf": 0o644,
     "usr/lib/modules-load.d/cvmgate.conf": 0o644,
