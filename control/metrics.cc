@@ -38,17 +38,18 @@ void AppendLabelValue(std::string_view v, std::string& out) {
 
 void MetricsText::CounterPerLabel(std::string_view name, std::string_view help, std::string_view label,
                                   const std::vector<std::pair<std::string, uint64_t>>& values) {
-  Family(name, help, "counter");
-  for (const auto& [value, count] : values) {
-    absl::StrAppend(&out_, "cvmgate_", AbslView(name), "{", AbslView(label), "=\"");
-    AppendLabelValue(value, out_);
-    absl::StrAppend(&out_, "\"} ", count, "\n");
-  }
+  PerLabel(name, help, "counter", label, values);
 }
 
 void MetricsText::GaugePerLabel(std::string_view name, std::string_view help, std::string_view label,
                                 const std::vector<std::pair<std::string, int64_t>>& values) {
-  Family(name, help, "gauge");
+  PerLabel(name, help, "gauge", label, values);
+}
+
+template <typename T>
+void MetricsText::PerLabel(std::string_view name, std::string_view help, std::string_view type,
+                           std::string_view label, const std::vector<std::pair<std::string, T>>& values) {
+  Family(name, help, type);
   for (const auto& [value, v] : values) {
     absl::StrAppend(&out_, "cvmgate_", AbslView(name), "{", AbslView(label), "=\"");
     AppendLabelValue(value, out_);

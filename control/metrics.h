@@ -45,6 +45,9 @@ class MetricsText {
   void IntegerGauge(std::string_view name, std::string_view help, int64_t value);
   void Head(std::string_view name, std::string_view help, std::string_view type);
   void Family(std::string_view name, std::string_view help, std::string_view type);
+  template <typename T>
+  void PerLabel(std::string_view name, std::string_view help, std::string_view type, std::string_view label,
+                const std::vector<std::pair<std::string, T>>& values);
   void Number(double value);
   std::string out_;
 };

@@ -77,6 +77,25 @@ void AppendMs(int64_t us, std::string& out) {
 
 constexpr char kHex[] = "0123456789abcdef";
 
+// `v` in double quotes, with \" and \\, and `byte_escape` and two hex digits for any byte outside
+// printable ASCII.
+void Quoted(std::string_view v, std::string_view byte_escape, std::string& out) {
+  out += '"';
+  for (unsigned char ch : v) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += static_cast<char>(ch);
+    } else if (ch < ' ' || ch >= 0x7f) {
+      out += byte_escape;
+      out += kHex[ch >> 4];
+      out += kHex[ch & 15];
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  out += '"';
+}
+
 // logfmt: bare when the value has only printable bytes other than space, = and "; else quoted, with
 // \" \\ and \xNN. Missing values are "-" (and a value that is "-" is quoted).
 void LogfmtValue(std::string_view v, std::string& out) {
@@ -88,39 +107,11 @@ void LogfmtValue(std::string_view v, std::string& out) {
     out += v;
     return;
   }
-  out += '"';
-  for (unsigned char ch : v) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += static_cast<char>(ch);
-    } else if (ch < ' ' || ch >= 0x7f) {
-      out += "\\x";
-      out += kHex[ch >> 4];
-      out += kHex[ch & 15];
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  out += '"';
+  Quoted(v, "\\x", out);
 }
 
 // JSON string: bytes outside printable ASCII as \u00XX, so any input gives valid JSON.
-void JsonString(std::string_view v, std::string& out) {
-  out += '"';
-  for (unsigned char ch : v) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += static_cast<char>(ch);
-    } else if (ch < ' ' || ch >= 0x7f) {
-      out += "\\u00";
-      out += kHex[ch >> 4];
-      out += kHex[ch & 15];
-    } else {
-      out += static_cast<char>(ch);
-    }
-  }
-  out += '"';
-}
+void JsonString(std::string_view v, std::string& out) { Quoted(v, "\\u00", out); }
 
 // One line's fields in order, each written by the format's own rules.
 class Line {

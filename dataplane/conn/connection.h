@@ -76,6 +76,8 @@ struct Conn {
   int64_t handshake_us = -1;
   int64_t connect_us = -1;
   sockaddr_in6 peer{};       // the client's address (access log on)
+  uint16_t tls_version = 0;  // the handshake's, kept: a move to kTLS frees the SSL (access log on)
+  const char* cipher = nullptr;
   std::string sni;           // the server name as sent (access log on)
   int64_t deadline_ms = 0;
   int64_t timer_ms = 0;  // the deadline of this connection's live timer entry, 0 if none

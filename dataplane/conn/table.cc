@@ -152,6 +152,10 @@ void Connections::Timed(Conn& c, Phase next) {
   if (next == Phase::kConnect && c.phase == Phase::kHandshake) {
     c.handshake_us = (now - c.phase_ns) / 1000;
     if (env_.histograms != nullptr) env_.histograms->Observe(Histogram::kHandshake, c.handshake_us);
+    if (SSL* ssl = c.client.ssl(); ssl != nullptr && env_.access_log != nullptr) {
+      c.tls_version = static_cast<uint16_t>(SSL_version(ssl));
+      if (const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl)) c.cipher = SSL_CIPHER_get_name(cipher);
+    }
   }
   if (next == Phase::kRelay) {
     c.connect_us = (now - c.phase_ns) / 1000;
@@ -180,12 +184,8 @@ void Connections::Logged(const Conn& c, Counter reason, int64_t duration_us) {
   std::memcpy(r->app, c.id.data(), r->app_len);
   r->routed = !c.id.empty();
   r->mode = c.mode;
-  r->tls_version = 0;
-  r->cipher = nullptr;
-  if (SSL* ssl = c.client.ssl(); ssl != nullptr && c.handshake_us >= 0) {
-    r->tls_version = static_cast<uint16_t>(SSL_version(ssl));
-    if (const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl)) r->cipher = SSL_CIPHER_get_name(cipher);
-  }
+  r->tls_version = c.tls_version;
+  r->cipher = c.cipher;
   r->bytes_in = c.relay.dir[0].bytes;
   r->bytes_out = c.relay.dir[1].bytes;
   r->handshake_us = c.handshake_us;

@@ -134,6 +134,12 @@ class TcpServer:
                 pass
 
     def close(self):
+        # shutdown first: it wakes the thread blocked in accept(), which would otherwise keep the
+        # socket listening (and serving one more connection) after close().
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
