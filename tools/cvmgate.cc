@@ -16,9 +16,9 @@
 
 #include <absl/strings/numbers.h>
 #include <absl/strings/str_cat.h>
-#include <nlohmann/json.hpp>
 #include <absl/strings/str_join.h>
 #include <absl/strings/strip.h>
+#include <nlohmann/json.hpp>
 
 #include "control/admin_http.h"
 #include "control/args.h"
@@ -26,8 +26,8 @@
 #include "control/control_loop.h"
 #include "control/control_plane.h"
 #include "control/durable_file.h"
-#include "control/handover.h"
 #include "control/etcd/registry_store.h"
+#include "control/handover.h"
 #include "control/ip_pool.h"
 #include "control/registry.h"
 #include "control/wireguard/setup.h"

@@ -12,6 +12,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 TRAILER_PREFIX = b"sha256="
 TRAILER_LEN = len(TRAILER_PREFIX) + 64 + 1  # "sha256=<64 hex>\n"
 
@@ -21,6 +23,17 @@ class PeerError(AssertionError):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+# The kernel suite (tests/meson.build) runs these tests again in a guest on Debian's stock kernels,
+# on an emulated CPU: a test of nothing the kernel decides skips there, and runs in the host suite.
+IN_KERNEL_SUITE = os.environ.get("CVMGATE_TEST_WG") == "kernel"
+
+
+def skip_in_kernel_suite(what):
+    """A module-level mark: `what` does not depend on the kernel under test."""
+    return pytest.mark.skipif(IN_KERNEL_SUITE, reason="%s does not depend on the kernel: it runs in the host "
+                              "suite, not again in the kernel suite's emulated guest" % what)
 
 
 def free_port(host="127.0.0.1"):

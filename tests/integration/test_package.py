@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
+import peers
+
 REPO = Path(__file__).resolve().parents[2]
 BINARIES = Path(os.environ.get("CVMGATE_BIN", REPO / "build" / "tools" / "cvmgate")).parent
+
+pytestmark = peers.skip_in_kernel_suite("Building and installing the package")
 
 for tool, package in [("dpkg-deb", "dpkg"), ("dpkg-shlibdeps", "dpkg-dev"), ("help2man", "help2man")]:
     if shutil.which(tool) is None:
