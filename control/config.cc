@@ -450,10 +450,10 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ReadConfigFile(
     const auto& y = b.second->source().begin;
     return x.line != y.line ? x.line < y.line : x.column < y.column;
   });
-  for (const auto& [key, node] : keys) {
-    auto where = [&, node = node] {
-      return absl::StrCat(path, ":", node->source().begin.line, ": ", AbslView(key));
-    };
+  for (const auto& entry : keys) {
+    const std::string_view key = entry.first;  // not a structured binding: lambdas below capture it
+    const toml::node* node = entry.second;
+    auto where = [&] { return absl::StrCat(path, ":", node->source().begin.line, ": ", AbslView(key)); };
     const Flag* flag = nullptr;
     for (const Flag& f : Flags()) {
       if (key == f.name) flag = &f;
