@@ -120,6 +120,27 @@ def wait_until(predicate, timeout, what, interval=0.02):
 # ---------------------------------------------------------------- backends
 
 
+def plain_echo(conn):
+    """A TcpServer's serve: echoes until EOF."""
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.sendall(data)
+
+
+def echo_then_sha256(conn):
+    """A TcpServer's serve: echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
+    h = hashlib.sha256()
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        h.update(data)
+        conn.sendall(data)
+    conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
+
+
 class TcpServer:
     """A plain TCP server on ip:port running serve(conn) in a thread per connection (the socket is closed after)."""
 

@@ -44,18 +44,6 @@ urllib.request.urlopen(req, timeout=10).read()
 """
 
 
-def plain_echo(conn):
-    """Echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
-    h = hashlib.sha256()
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        h.update(data)
-        conn.sendall(data)
-    conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
-
-
 def free_tcp_udp_port(attempts=50):
     """A port free for both TCP and UDP on 127.0.0.1 (a DNS server takes both)."""
     for _ in range(attempts):
@@ -196,7 +184,7 @@ def pebble(tmp_path, request):
 @pytest.fixture
 def echo_port():
     port = peers.free_port(BACKEND_IP)
-    server = peers.TcpServer(BACKEND_IP, port, plain_echo)
+    server = peers.TcpServer(BACKEND_IP, port, peers.echo_then_sha256)
     yield port
     server.close()
 

@@ -1,11 +1,9 @@
 """The config file (--config, TOML): `cvmgate check-config` before a start, and SIGHUP reading it again
 (what can change is applied while running, the rest is named as waiting for a restart)."""
 
-import os
 import socket
 import ssl
 import subprocess
-import time
 
 import pytest
 

@@ -213,14 +213,6 @@ def metrics_text(ctl_bin, gw):
     return p.stdout
 
 
-def plain_echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            return
-        conn.sendall(data)
-
-
 @pytest.fixture
 def exposition(wg_netns, make_gateway, ctl_bin, tls_cert, tmp_path):
     """{sample name: (family type, label names)} of a gateway that has WireGuard, an app, and served a
@@ -232,7 +224,7 @@ def exposition(wg_netns, make_gateway, ctl_bin, tls_cert, tmp_path):
         tls_port = peers.free_port(BACKEND_IP)
         tls_backend = peers.Backend(BACKEND_IP, tls_port, "app-i1", cert, key, "echo")
         plain_port = peers.free_port(BACKEND_IP)
-        plain_backend = peers.TcpServer(BACKEND_IP, plain_port, plain_echo)
+        plain_backend = peers.TcpServer(BACKEND_IP, plain_port, peers.plain_echo)
     try:
         gw = make_gateway(netns=ns, listen=["127.0.0.1:%d" % peers.free_port()], state={"version": 1, "apps": {
             "app": {"instances": [{"id": "app-i1", "address": BACKEND_IP, "ports": peers.TEST_PORTS}]}}}, args=[

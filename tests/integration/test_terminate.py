@@ -19,18 +19,6 @@ from peers import TlsClient
 BACKEND_IP = "127.0.0.2"
 
 
-def plain_echo(conn):
-    """Echoes until EOF, then sends 'sha256=<hex>\\n' of what it got and closes."""
-    h = hashlib.sha256()
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        h.update(data)
-        conn.sendall(data)
-    conn.sendall(b"sha256=" + h.hexdigest().encode() + b"\n")
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     d = tmp_path_factory.mktemp("wildcard")
@@ -48,7 +36,7 @@ def certs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def echo_port():
     port = peers.free_port(BACKEND_IP)
-    server = peers.TcpServer(BACKEND_IP, port, plain_echo)
+    server = peers.TcpServer(BACKEND_IP, port, peers.echo_then_sha256)
     yield port
     server.close()
 

@@ -18,18 +18,10 @@ from peers import TlsClient, sni_name
 BACKEND_IP = "127.0.0.2"
 
 
-def echo(conn):
-    while True:
-        data = conn.recv(65536)
-        if not data:
-            break
-        conn.sendall(data)
-
-
 @pytest.fixture(scope="module")
 def echo_port():
     port = peers.free_port(BACKEND_IP)
-    server = peers.TcpServer(BACKEND_IP, port, echo, backlog=512)
+    server = peers.TcpServer(BACKEND_IP, port, peers.plain_echo, backlog=512)
     yield port
     server.close()
 
